@@ -1,0 +1,233 @@
+"""Training data: webdataset shards with negatives -> the named batch dict of ARCHITECTURE.md.
+
+```
+batch = {"image": [B,3,H,W], "text": [B,L], "neg_text": [B,Kt,L], "neg_text_mask": [B,Kt] bool,
+         "neg_text_kind": [B,Kt] (index into clipneg.schema.KIND_LIST, -1 if empty), "neg_image": [B,Ki,3,H,W],
+         "neg_image_mask": [B,Ki] bool, "neg_image_text": [B,Ki] (slot in neg_text it depicts, -1 if none),
+         "key": list[str]}
+```
+
+K is fixed and missing negatives are masked, so shapes are static whatever a sample carries.
+
+The pipeline is an explicit ``wds.DataPipeline``: shard list (shuffled by seed + epoch, identically on every rank)
+-> ``split_by_node`` -> ``split_by_worker`` -> samples -> buffer shuffle -> negative selection and decoding -> batches
+built inside the worker. It must NOT go through ``accelerator.prepare``: that would shard a second time or dispatch
+from rank 0 (PROTOCOLS.md §4). Every sample is seen exactly once per epoch across workers and ranks as long as there
+are at least ranks x workers shards (``drop_last`` discards each worker's final partial batch, so DDP ranks stay in
+step; turn it off to see every sample).
+
+Which negatives fill the K slots is chosen per sample from the kinds it carries, with per-kind weights, or a schedule
+of weights over training steps (relation-focused negatives fixed relations on the built-in world where an even mix
+left them at chance). Batches are formed inside the worker, and PyTorch's DataLoader hands them out round-robin, so a
+worker knows the exact step of the batch it is filling: ``start_step + local_batch * num_workers + worker_id``.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import random
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import webdataset as wds
+from PIL import Image
+
+from clipneg.schema import IMAGE_EXTS, KIND_ID, KINDS, parse_neg_json
+from clipneg.shards import list_shards
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class KindPhase:
+    """Per-kind weights in force until ``until_step`` (exclusive); None means until the end of training."""
+
+    weights: Mapping[str, float]
+    until_step: int | None = None
+
+
+@dataclass(frozen=True)
+class LoaderConfig:
+    shards: str = ""
+    batch_size: int = 64
+    k_text: int = 4
+    k_image: int = 0
+    # Relative weights per negative kind; a kind missing from the mapping is never drawn. None = all kinds equal.
+    kind_weights: Mapping[str, float] | None = None
+    kind_schedule: tuple[KindPhase, ...] | None = None
+    # Prefer negative images that depict one of the chosen negative captions (the TripletCLIP pair).
+    pair_images_with_texts: bool = True
+    num_workers: int = 2
+    shuffle_buffer: int = 1000
+    shuffle_shards: bool = True
+    drop_last: bool = True
+    seed: int = 0
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for weights in [self.kind_weights or {}] + [p.weights for p in self.kind_schedule or ()]:
+            unknown = set(weights) - KINDS
+            if unknown:
+                raise ValueError(f"unknown negative kinds {sorted(unknown)} in loader weights; known: {sorted(KINDS)}")
+        if self.k_text < 0 or self.k_image < 0 or self.batch_size < 1:
+            raise ValueError("k_text and k_image must be >= 0 and batch_size >= 1")
+
+
+def weights_at(cfg: LoaderConfig, step: int) -> Mapping[str, float] | None:
+    """The per-kind weights in force at ``step`` (pure function of the config)."""
+    for phase in cfg.kind_schedule or ():
+        if phase.until_step is None or step < phase.until_step:
+            return phase.weights
+    return cfg.kind_weights
+
+
+def _weighted_order(kinds: list[str], weights: Mapping[str, float] | None, rng: random.Random) -> list[int]:
+    """Indices ordered by a weighted draw without replacement (Efraimidis & Spirakis 2006: key = u ** (1 / w));
+    zero-weight kinds are left out."""
+    keyed = []
+    for i, kind in enumerate(kinds):
+        w = 1.0 if weights is None else float(weights.get(kind, 0.0))
+        if w > 0:
+            keyed.append((rng.random() ** (1.0 / w), i))
+    return [i for _, i in sorted(keyed, reverse=True)]
+
+
+def select_negatives(neg: dict[str, Any], k_text: int, k_image: int, weights: Mapping[str, float] | None,
+                     rng: random.Random, pair_images: bool = True) -> tuple[list[int], list[int]]:
+    """Choose which negative captions and images (indices into neg.json's lists) fill the K slots."""
+    texts, images = neg["texts"], neg["images"]
+    chosen_texts = _weighted_order([t["kind"] for t in texts], weights, rng)[:k_text]
+    if k_image == 0 or not images:
+        return chosen_texts, []
+    order = _weighted_order([im["kind"] for im in images], weights, rng)
+    if pair_images:
+        slot = {t: s for s, t in enumerate(chosen_texts)}
+        # images depicting a chosen caption first, in the order of the caption slots, then the rest by weight
+        paired = sorted((i for i in order if images[i].get("text") in slot), key=lambda i: slot[images[i]["text"]])
+        order = paired + [i for i in order if i not in paired]
+    return chosen_texts, order[:k_image]
+
+
+def _decode_image(data: bytes) -> Image.Image:
+    with Image.open(io.BytesIO(data)) as im:
+        return im.convert("RGB")
+
+
+class NegativeDecoder:
+    """Turns a raw webdataset sample into tensors for one training example (runs in the loader workers)."""
+
+    def __init__(self, cfg: LoaderConfig, preprocess: Callable, tokenizer: Callable, *, epoch: int, start_step: int):
+        self.cfg, self.preprocess, self.tokenizer = cfg, preprocess, tokenizer
+        self.epoch, self.start_step = epoch, start_step
+
+    def __call__(self, samples: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        info = torch.utils.data.get_worker_info()
+        worker, n_workers = (info.id, info.num_workers) if info else (0, 1)
+        for n, raw in enumerate(samples):
+            step = self.start_step + (n // self.cfg.batch_size) * n_workers + worker
+            try:
+                yield self.decode(raw, step)
+            except Exception as e:  # noqa: BLE001 - a bad sample is logged and skipped, training goes on
+                log.warning("skipping sample %s from %s: %s", raw.get("__key__"), raw.get("__url__"), e)
+
+    def decode(self, raw: dict[str, Any], step: int) -> dict[str, Any]:
+        cfg = self.cfg
+        key = raw["__key__"]
+        ext = next((e for e in IMAGE_EXTS if e in raw), None)
+        if ext is None:
+            raise ValueError(f"no image member in sample {key}")
+        caption = raw["txt"].decode("utf-8")
+        neg = parse_neg_json(raw["neg.json"]) if "neg.json" in raw else {"texts": [], "images": []}
+        # Seeded by key, not by worker or position, so the choice is the same whatever the worker layout.
+        rng = random.Random(f"{cfg.seed}:{self.epoch}:{key}")
+        text_idx, image_idx = select_negatives(neg, cfg.k_text, cfg.k_image, weights_at(cfg, step), rng,
+                                               cfg.pair_images_with_texts)
+        tokens = self.tokenizer([caption] + [neg["texts"][i]["text"] for i in text_idx])
+        L = tokens.shape[1]
+        neg_text = torch.zeros(cfg.k_text, L, dtype=tokens.dtype)
+        neg_text[: len(text_idx)] = tokens[1:]
+        kind = torch.full((cfg.k_text,), -1, dtype=torch.long)
+        kind[: len(text_idx)] = torch.tensor([KIND_ID[neg["texts"][i]["kind"]] for i in text_idx], dtype=torch.long)
+        image = self.preprocess(_decode_image(raw[ext]))
+        neg_image = torch.zeros(cfg.k_image, *image.shape)
+        neg_image_text = torch.full((cfg.k_image,), -1, dtype=torch.long)
+        slot = {t: s for s, t in enumerate(text_idx)}
+        for j, i in enumerate(image_idx):
+            meta = neg["images"][i]
+            neg_image[j] = self.preprocess(_decode_image(raw[meta["member"]]))
+            neg_image_text[j] = slot.get(meta.get("text"), -1)
+        return {
+            "key": key,
+            "image": image,
+            "text": tokens[0],
+            "neg_text": neg_text,
+            "neg_text_mask": torch.arange(cfg.k_text) < len(text_idx),
+            "neg_text_kind": kind,
+            "neg_image": neg_image,
+            "neg_image_mask": torch.arange(cfg.k_image) < len(image_idx),
+            "neg_image_text": neg_image_text,
+        }
+
+
+def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    return {k: [s[k] for s in samples] if k == "key" else torch.stack([s[k] for s in samples]) for k in samples[0]}
+
+
+def _log_and_continue(exn: Exception) -> bool:
+    log.warning("webdataset: %s (skipped)", exn)
+    return True
+
+
+def build_pipeline(cfg: LoaderConfig, *, preprocess: Callable, tokenizer: Callable, epoch: int = 0,
+                   start_step: int = 0) -> wds.DataPipeline:
+    """The dataset half (run inside workers); see :func:`build_loader`."""
+    urls = list_shards(cfg.shards)
+    if cfg.shuffle_shards:
+        # Same order on every rank (seed + epoch only), so split_by_node hands out disjoint shards.
+        random.Random(cfg.seed * 1_000_003 + epoch).shuffle(urls)
+    return wds.DataPipeline(
+        wds.SimpleShardList(urls),
+        wds.split_by_node,
+        wds.split_by_worker,
+        wds.tarfile_to_samples(handler=_log_and_continue),
+        wds.shuffle(cfg.shuffle_buffer, initial=min(cfg.shuffle_buffer, 100),
+                    rng=random.Random(cfg.seed * 7919 + epoch)) if cfg.shuffle_buffer > 1 else wds.filters.identity,
+        NegativeDecoder(cfg, preprocess, tokenizer, epoch=epoch, start_step=start_step),
+        wds.batched(cfg.batch_size, collation_fn=collate, partial=not cfg.drop_last),
+    )
+
+
+def build_loader(cfg: LoaderConfig, *, preprocess: Callable, tokenizer: Callable, epoch: int = 0,
+                 start_step: int = 0) -> wds.WebLoader:
+    """A loader yielding batch dicts for one epoch. Build a new one per epoch (it reshuffles by ``epoch``) and pass
+    the global step at which the epoch starts (for kind schedules)."""
+    pipeline = build_pipeline(cfg, preprocess=preprocess, tokenizer=tokenizer, epoch=epoch, start_step=start_step)
+    # The generator seeds each worker's torch RNG (random crops), so an epoch is reproducible for a seed.
+    generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
+    return wds.WebLoader(pipeline, batch_size=None, num_workers=cfg.num_workers, generator=generator,
+                         persistent_workers=False, prefetch_factor=4 if cfg.num_workers else None)
+
+
+def epoch_batches(cfg: LoaderConfig, world_size: int = 1) -> int | None:
+    """Batches per rank per epoch when sizes.json is there, assuming even shards; None when unknown."""
+    from clipneg.shards import read_sizes
+
+    sizes = read_sizes(cfg.shards)
+    if not sizes:
+        return None
+    return sum(sizes.values()) // (cfg.batch_size * world_size)
+
+
+def loader_config_from_dict(d: Mapping[str, Any]) -> LoaderConfig:
+    """Build a LoaderConfig from plain YAML/JSON data (kind_schedule as a list of {weights, until_step})."""
+    d = dict(d)
+    if d.get("kind_schedule") is not None:
+        d["kind_schedule"] = tuple(KindPhase(dict(p["weights"]), p.get("until_step")) for p in d["kind_schedule"])
+    return LoaderConfig(**d)
+
+
+__all__ = ["KindPhase", "LoaderConfig", "build_loader", "build_pipeline", "collate", "epoch_batches",
+           "loader_config_from_dict", "select_negatives", "weights_at"]

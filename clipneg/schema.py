@@ -1,0 +1,220 @@
+"""The shard sample contract: what one training example with its hard negatives looks like on disk.
+
+One webdataset sample is a set of tar members sharing a key (ARCHITECTURE.md, "Shard sample"):
+
+| member            | content                                                                     |
+|-------------------|-----------------------------------------------------------------------------|
+| ``jpg|png|webp``  | positive image, source bytes unchanged                                      |
+| ``txt``           | positive caption, UTF-8                                                     |
+| ``json``          | source metadata passed through untouched (optional)                         |
+| ``neg.json``      | ``{"v": 1, "texts": [...], "images": [...]}`` negatives with provenance      |
+| ``negimg.{j}.jpg``| j-th negative image; ``images[j].text`` is the negative caption it depicts  |
+
+Everything here is pure Python so writers, readers and validators agree without importing torch.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+# webdataset splits a tar member name at the first dot into key and extension, so a key with a dot (or a slash,
+# which makes a folder) silently corrupts the sample grouping.
+KEY_RE = re.compile(r"^[A-Za-z0-9_-]+$")
+IMAGE_EXTS = ("jpg", "png", "webp")
+
+# SugarCrepe's names (Hsieh et al. 2023) first, then ARO's order perturbations and other edit families.
+# The order is the id used in training batches ("neg_text_kind"); append, never reorder.
+KIND_LIST: tuple[str, ...] = (
+    "replace_obj",
+    "replace_att",
+    "replace_rel",
+    "swap_obj",
+    "swap_att",
+    "add_obj",
+    "add_att",
+    "shuffle_nouns_adjs",
+    "shuffle_allbut_nouns_adjs",
+    "shuffle_within_trigrams",
+    "shuffle_trigrams",
+    "negate",
+    "count",
+    "spatial",
+    "llm_free",
+    "mined",
+    "other",
+)
+KINDS = frozenset(KIND_LIST)
+KIND_ID = {k: i for i, k in enumerate(KIND_LIST)}
+
+
+class SchemaError(ValueError):
+    """A sample that breaks the shard contract; the message says which rule and how to fix it."""
+
+
+def validate_key(key: str) -> None:
+    if not isinstance(key, str) or not KEY_RE.match(key):
+        raise SchemaError(
+            f"invalid sample key {key!r}: keys must match {KEY_RE.pattern} (webdataset splits names at the first "
+            "dot); rename it, e.g. replace '.' and '/' with '_'"
+        )
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in KINDS:
+        raise SchemaError(f"unknown negative kind {kind!r}; use one of {', '.join(KIND_LIST)}")
+
+
+@dataclass(frozen=True)
+class NegText:
+    """A negative caption and where it came from (generator name, seed, optional filter score)."""
+
+    text: str
+    kind: str
+    gen: str
+    seed: int | None = None
+    score: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"text": self.text, "kind": self.kind, "gen": self.gen, "seed": self.seed}
+        if self.score is not None:
+            d["score"] = self.score
+        return d
+
+
+@dataclass(frozen=True)
+class NegImage:
+    """A negative (counterfactual) image; ``text`` indexes the negative caption it depicts, None if it depicts none."""
+
+    data: bytes
+    ext: str
+    kind: str
+    gen: str
+    seed: int | None = None
+    text: int | None = None
+    score: float | None = None
+
+    def to_json(self, member: str) -> dict[str, Any]:
+        d: dict[str, Any] = {"member": member, "kind": self.kind, "gen": self.gen, "seed": self.seed, "text": self.text}
+        if self.score is not None:
+            d["score"] = self.score
+        return d
+
+
+@dataclass
+class Sample:
+    key: str
+    image: bytes
+    image_ext: str
+    caption: str
+    meta: dict[str, Any] | None = None
+    neg_texts: list[NegText] = field(default_factory=list)
+    neg_images: list[NegImage] = field(default_factory=list)
+
+    def validate(self) -> None:
+        validate_key(self.key)
+        if self.image_ext not in IMAGE_EXTS:
+            raise SchemaError(f"{self.key}: image extension {self.image_ext!r} is not one of {IMAGE_EXTS}")
+        if not self.image:
+            raise SchemaError(f"{self.key}: empty image bytes")
+        if not isinstance(self.caption, str) or not self.caption.strip():
+            raise SchemaError(f"{self.key}: empty caption")
+        for t in self.neg_texts:
+            _check_kind(t.kind)
+            if not t.text.strip():
+                raise SchemaError(f"{self.key}: empty negative caption ({t.kind}, {t.gen})")
+            if t.text.strip() == self.caption.strip():
+                raise SchemaError(f"{self.key}: negative caption equals the positive ({t.kind}, {t.gen})")
+        for j, im in enumerate(self.neg_images):
+            _check_kind(im.kind)
+            if im.ext not in IMAGE_EXTS:
+                raise SchemaError(f"{self.key}: negative image {j} has extension {im.ext!r}")
+            if not im.data:
+                raise SchemaError(f"{self.key}: negative image {j} is empty")
+            if im.text is not None and not 0 <= im.text < len(self.neg_texts):
+                raise SchemaError(
+                    f"{self.key}: negative image {j} depicts caption {im.text}, but there are "
+                    f"{len(self.neg_texts)} negative captions"
+                )
+
+
+def neg_image_member(j: int, ext: str) -> str:
+    return f"negimg.{j}.{ext}"
+
+
+def sample_to_members(sample: Sample) -> dict[str, Any]:
+    """Validated webdataset members of a sample (values are bytes/str as ``wds.TarWriter`` writes them)."""
+    sample.validate()
+    members: dict[str, Any] = {"__key__": sample.key, sample.image_ext: sample.image, "txt": sample.caption}
+    if sample.meta is not None:
+        members["json"] = json.dumps(sample.meta, sort_keys=True).encode()
+    if sample.neg_texts or sample.neg_images:
+        images = []
+        for j, im in enumerate(sample.neg_images):
+            member = neg_image_member(j, im.ext)
+            members[member] = im.data
+            images.append(im.to_json(member))
+        neg = {"v": SCHEMA_VERSION, "texts": [t.to_json() for t in sample.neg_texts], "images": images}
+        members["neg.json"] = json.dumps(neg, sort_keys=True).encode()
+    return members
+
+
+def parse_neg_json(raw: bytes | str | dict) -> dict[str, Any]:
+    """Parse and validate a ``neg.json`` member; raises SchemaError with the offending field."""
+    try:
+        neg = raw if isinstance(raw, dict) else json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise SchemaError(f"neg.json is not valid JSON: {e}") from e
+    if neg.get("v") != SCHEMA_VERSION:
+        raise SchemaError(f"neg.json version {neg.get('v')!r} is not {SCHEMA_VERSION}")
+    texts, images = neg.get("texts", []), neg.get("images", [])
+    for t in texts:
+        if not isinstance(t.get("text"), str) or "kind" not in t or "gen" not in t:
+            raise SchemaError(f"neg.json text entry needs text, kind and gen: {t}")
+        _check_kind(t["kind"])
+    for im in images:
+        if "member" not in im or "kind" not in im or "gen" not in im:
+            raise SchemaError(f"neg.json image entry needs member, kind and gen: {im}")
+        _check_kind(im["kind"])
+        if im.get("text") is not None and not 0 <= im["text"] < len(texts):
+            raise SchemaError(f"neg.json image {im['member']} depicts caption {im['text']} of {len(texts)}")
+    return {"v": SCHEMA_VERSION, "texts": texts, "images": images}
+
+
+def members_to_sample(members: dict[str, Any]) -> Sample:
+    """Inverse of :func:`sample_to_members`, for inspection and tests (training decodes lazily in clipneg.data)."""
+
+    def as_bytes(v: Any) -> bytes:
+        return v.encode() if isinstance(v, str) else bytes(v)
+
+    key = members["__key__"]
+    validate_key(key)
+    ext = next((e for e in IMAGE_EXTS if e in members), None)
+    if ext is None:
+        raise SchemaError(f"{key}: no image member (expected one of {IMAGE_EXTS})")
+    if "txt" not in members:
+        raise SchemaError(f"{key}: no txt member")
+    meta = json.loads(as_bytes(members["json"])) if "json" in members else None
+    neg_texts: list[NegText] = []
+    neg_images: list[NegImage] = []
+    if "neg.json" in members:
+        neg = parse_neg_json(as_bytes(members["neg.json"]))
+        neg_texts = [NegText(t["text"], t["kind"], t["gen"], t.get("seed"), t.get("score")) for t in neg["texts"]]
+        for im in neg["images"]:
+            member = im["member"]
+            if member not in members:
+                raise SchemaError(f"{key}: neg.json names {member} but the sample has no such member")
+            neg_images.append(
+                NegImage(
+                    as_bytes(members[member]), member.rsplit(".", 1)[-1], im["kind"], im["gen"], im.get("seed"),
+                    im.get("text"), im.get("score"),
+                )
+            )
+    sample = Sample(key, as_bytes(members[ext]), ext, as_bytes(members["txt"]).decode("utf-8"), meta, neg_texts,
+                    neg_images)
+    sample.validate()
+    return sample

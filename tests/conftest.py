@@ -1,0 +1,33 @@
+"""Shared fixtures: offline, CPU, tiny models built from configs, data the tests make themselves."""
+
+from __future__ import annotations
+
+import copy
+import io
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
+
+
+def image_bytes(color: tuple[int, int, int], size: int = 32, fmt: str = "PNG") -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (size, size), color).save(buf, fmt)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="session")
+def _tiny_bundle():
+    from clipneg.models import load_clip
+
+    return load_clip("clipneg-tiny", seed=0)
+
+
+@pytest.fixture
+def tiny_bundle(_tiny_bundle):
+    """A fresh copy of the tiny CLIP (32 px, width 64, 2 layers) with its transforms and tokenizer."""
+    return copy.deepcopy(_tiny_bundle)

@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from clipneg.schema import NegImage, NegText, Sample, SchemaError, members_to_sample, sample_to_members, validate_key
+from tests.conftest import image_bytes
+
+
+def _sample(**kw) -> Sample:
+    base = dict(key="s0001", image=image_bytes((200, 0, 0)), image_ext="png", caption="a red circle left of a cube",
+                meta={"src": 1},
+                neg_texts=[NegText("a red cube left of a circle", "swap_obj", "world", 7),
+                           NegText("a blue circle left of a cube", "replace_att", "rules", 7, 0.5)],
+                neg_images=[NegImage(image_bytes((0, 0, 200)), "png", "replace_att", "world", 7, text=1)])
+    base.update(kw)
+    return Sample(**base)
+
+
+@pytest.mark.parametrize("key", ["abc", "A_b-9", "000000085329_1"])
+def test_valid_keys(key):
+    validate_key(key)
+
+
+@pytest.mark.parametrize("key", ["a.b", "a/b", "", "a b", "é", "x.jpg"])
+def test_invalid_keys_raise_with_advice(key):
+    with pytest.raises(SchemaError, match="rename it"):
+        validate_key(key)
+
+
+def test_members_round_trip_keeps_provenance():
+    s = _sample()
+    members = sample_to_members(s)
+    assert set(members) == {"__key__", "png", "txt", "json", "neg.json", "negimg.0.png"}
+    neg = json.loads(members["neg.json"])
+    assert neg["v"] == 1
+    assert neg["images"] == [{"member": "negimg.0.png", "kind": "replace_att", "gen": "world", "seed": 7, "text": 1}]
+    assert neg["texts"][1] == {"text": "a blue circle left of a cube", "kind": "replace_att", "gen": "rules",
+                               "seed": 7, "score": 0.5}
+    back = members_to_sample(members)
+    assert back == s
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(caption="  "), "empty caption"),
+        (dict(image_ext="gif"), "extension"),
+        (dict(neg_texts=[NegText("a red circle left of a cube", "swap_obj", "g")], neg_images=[]), "equals the pos"),
+        (dict(neg_texts=[NegText("x", "made_up", "g")], neg_images=[]), "unknown negative kind"),
+        (dict(neg_images=[NegImage(b"x", "png", "swap_att", "g", text=5)]), "depicts caption 5"),
+    ],
+)
+def test_schema_violations_are_named(change, message):
+    with pytest.raises(SchemaError, match=message):
+        sample_to_members(_sample(**change))
+
+
+def test_neg_json_naming_a_missing_member_is_rejected():
+    members = sample_to_members(_sample())
+    del members["negimg.0.png"]
+    with pytest.raises(SchemaError, match="no such member"):
+        members_to_sample(members)
