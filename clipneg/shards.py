@@ -176,7 +176,7 @@ def write_shards(
                 key = _item_key(item)
                 if key is not None and not isinstance(item, Quarantined):
                     seen.add(key)
-            n_skipped += len(chunk) if part_path.exists() else 0
+            n_skipped += len(chunk) if mine else 0
             bar.update(len(chunk))
             continue
         written, quarantine, text_kinds, image_kinds = _process_chunk(chunk, process, seen, source_of,

@@ -1,0 +1,99 @@
+"""``clipneg world``: render the built-in world to training shards and benchmark files."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+from clipneg.shards import finalize
+from clipneg.world.config import WorldConfig
+from clipneg.world.export import export_benchmarks, shard_info, write_train_shards
+from clipneg.world.generate import World
+
+log = logging.getLogger(__name__)
+
+EXAMPLE = """\
+example:
+  clipneg world --out runs/world --n-train 10000 --n-test 1000 --image-size 64 --seed 0
+
+writes:
+  runs/world/shards/train-000000.tar ...  (+ sizes.json, manifest.json); each sample has png, txt, json and, with
+                                          --negatives, neg.json + negimg.{j}.png (one exact negative per kind)
+  runs/world/benchmark/sugarcrepe/        add_att.json ... swap_obj.json + images/   (seen compositions)
+  runs/world/benchmark/aro/               vg_relation.json, vg_attribution.json + images/
+  runs/world/benchmark/sugarcrepe_heldout/, aro_heldout/   (compositions never shown in training)
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = EXAMPLE
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.add_argument("--out", required=True, type=Path, help="output folder (shards/ and benchmark/ go inside)")
+    parser.add_argument("--n-train", type=int, default=10000, help="training scenes (default: %(default)s)")
+    parser.add_argument("--n-test", type=int, default=1000,
+                        help="scenes per test split (seen and held-out; default: %(default)s)")
+    parser.add_argument("--image-size", type=int, default=64, help="pixels per side, 32-224 (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="world seed: scenes, held-out set (default: %(default)s)")
+    parser.add_argument("--negatives", action=argparse.BooleanOptionalAction, default=True,
+                        help="attach exact negative captions and counterfactual images to training samples")
+    parser.add_argument("--shard-size", type=int, default=1000, help="samples per shard (default: %(default)s)")
+    parser.add_argument("--texture", action=argparse.BooleanOptionalAction, default=True,
+                        help="smooth background texture")
+    parser.add_argument("--jitter", type=float, default=1.0, help="position jitter in [0, 1] (default: %(default)s)")
+    parser.add_argument("--benchmark-format", choices=("jpg", "png"), default="jpg",
+                        help="benchmark image files: jpg (quality 95, 4:4:4, COCO-style names) or png")
+    parser.add_argument("--workers", type=int, default=1, help="processes writing training shards")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _shard_worker(cfg: WorldConfig, out: str, n: int, negatives: bool, shard_size: int, rank: int,
+                  world_size: int, progress: bool) -> None:
+    write_train_shards(World(cfg), out, n, negatives=negatives, shard_size=shard_size, rank=rank,
+                       world_size=world_size, progress=progress and rank == 0)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        cfg = WorldConfig(seed=args.seed, image_size=args.image_size, texture=args.texture, jitter=args.jitter)
+    except ValueError as e:
+        log.error("%s", e)
+        return 2
+    if args.n_train < 0 or args.n_test < 0:
+        log.error("--n-train and --n-test must be >= 0")
+        return 2
+    world, progress = World(cfg), not args.no_progress
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    manifest = None
+    if args.n_train:
+        shards = out / "shards"
+        if args.workers > 1:
+            # Each process writes chunks rank, rank + N, ...: the same shards, byte for byte, as one process.
+            with ProcessPoolExecutor(args.workers) as pool:
+                jobs = [pool.submit(_shard_worker, cfg, str(shards), args.n_train, args.negatives, args.shard_size,
+                                    r, args.workers, progress) for r in range(args.workers)]
+                for job in jobs:
+                    job.result()
+            n_chunks = -(-args.n_train // args.shard_size)
+            manifest = finalize(shards, prefix="train", n_chunks=n_chunks, shard_size=args.shard_size,
+                                info=shard_info(world, "train", args.n_train, args.negatives))
+        else:
+            manifest = write_train_shards(world, shards, args.n_train, negatives=args.negatives,
+                                          shard_size=args.shard_size, progress=progress)
+    t_train = time.perf_counter() - t0
+    counts = export_benchmarks(world, out / "benchmark", args.n_test, image_format=args.benchmark_format,
+                               progress=progress) if args.n_test else {}
+    elapsed = time.perf_counter() - t0
+    n_images = 0
+    if manifest:
+        n_images = manifest["counts"]["written"] + sum(manifest["neg_image_kinds"].values())
+    summary = {"out": str(out), "train_images": n_images, "train_seconds": round(t_train, 2),
+               "train_images_per_s": round(n_images / t_train, 1) if t_train > 0 and n_images else None,
+               "total_seconds": round(elapsed, 2), "benchmark": counts}
+    print(json.dumps(summary, indent=1))
+    return 0
