@@ -1,0 +1,269 @@
+"""`clipneg eval`, `clipneg report` and `clipneg data`: argument parsers and run functions.
+
+Imports here stay light (argparse, stdlib) so that `clipneg --help` is fast; torch and open_clip load inside the run
+functions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import platform
+import sys
+import time
+from datetime import datetime, timezone
+
+logger = logging.getLogger(__name__)
+
+EVAL_EXAMPLES = """examples:
+  # the official SugarCrepe protocol (fp32, strict ties) on OpenAI ViT-B/32
+  clipneg eval sugarcrepe --sugarcrepe data/sugarcrepe --coco-val2017 data/coco/val2017 \\
+      --model ViT-B-32-quickgelu --pretrained openai --out results/
+
+  # everything `clipneg data download` fetched, for a fine-tuned export, with per-item predictions
+  clipneg eval sugarcrepe aro --data-root data/ --model local-dir:runs/negclip/export --out results/ --predictions
+
+  # the built-in world's benchmark (SugarCrepe + ARO formats), results named sugarcrepe-world, aro-vg-relation-world
+  clipneg eval sugarcrepe aro-vg-relation --sugarcrepe runs/world/bench/sugarcrepe --aro runs/world/bench/aro \\
+      --name-suffix world --model local-dir:runs/demo/export --out results/
+
+  # zero-shot ImageNet and COCO retrieval, to measure what the fine-tune cost
+  clipneg eval zeroshot retrieval-coco --zeroshot-root imagenet/val --classnames imagenet --templates openai \\
+      --karpathy data/karpathy --coco-images data/coco --model ViT-B-32-quickgelu --pretrained openai --out results/
+
+benchmarks: sugarcrepe, aro (= aro-vg-relation aro-vg-attribution aro-coco-order aro-flickr30k-order),
+  sugarcrepe-pp, winoground, valse, zeroshot, retrieval-coco, retrieval-flickr30k, retrieval (custom Karpathy JSON).
+Tie policy "official" means each benchmark's own rule: strict (a tie is wrong) everywhere except ARO-Order, whose
+official argmax counts a tie with an identical perturbation as correct (first).
+"""
+
+REPORT_EXAMPLES = """examples:
+  clipneg report results/ --out report/
+  clipneg report results/ --out report/ --baseline ViT-B-32-quickgelu__openai
+writes report/summary.md, report/summary.csv (one row per model, the published column layouts), and
+report/plots/<benchmark>.png (bars per model). With --baseline, deltas against that model's label.
+"""
+
+DATA_EXAMPLES = """examples:
+  clipneg data list
+  clipneg data download sugarcrepe coco-val2017 --out data/
+  clipneg data download aro --out data/          # VG-Relation, VG-Attribution JSONs and images (Google Drive)
+  clipneg data verify sugarcrepe --out data/
+Downloads resume where they stopped (HTTP Range) and are checked against pinned hashes where one is known; files
+without a pinned hash get their sha256 recorded beside them (<file>.sha256).
+"""
+
+
+# ---- eval -----------------------------------------------------------------------------------------------------------
+def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = EVAL_EXAMPLES
+    parser.add_argument("benchmarks", nargs="+", metavar="BENCH", help="benchmarks to run (see below)")
+    m = parser.add_argument_group("model")
+    m.add_argument("--model", required=True,
+                   help="open_clip model name (ViT-B-32-quickgelu), local-dir:PATH (an export), or a built-in config")
+    m.add_argument("--pretrained", default=None, help="pretrained tag (openai, laion2b_s34b_b79k) or checkpoint file")
+    m.add_argument("--force-quick-gelu", action="store_true", help="build the model with QuickGELU")
+    m.add_argument("--label", default=None,
+                   help="name of the model in results and reports (default: model__pretrained)")
+    o = parser.add_argument_group("output")
+    o.add_argument("--out", default="results", help="results folder; writes OUT/<benchmark>/<label>.json")
+    o.add_argument("--skip-existing", action="store_true", help="skip benchmarks whose result file already exists")
+    o.add_argument("--predictions", action="store_true",
+                   help="also write per-item decisions as OUT/<benchmark>/<label>.predictions.jsonl")
+    o.add_argument("--name-suffix", default=None,
+                   help="append to benchmark names (a custom folder in a benchmark's format, e.g. 'world')")
+    p = parser.add_argument_group("protocol")
+    p.add_argument("--precision", choices=("fp32", "amp"), default="fp32",
+                   help="fp32 (official, default) or amp (autocast fp16 on CUDA / bf16 on CPU); recorded")
+    p.add_argument("--tie-policy", choices=("official", "strict", "first", "random"), default="official",
+                   help="how a tie between the positive and a negative is decided (default: each benchmark's own)")
+    p.add_argument("--seed", type=int, default=0, help="seed for --tie-policy random")
+    p.add_argument("--order-seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4],
+                   help="ARO-Order perturbation seeds (mean and spread reported; default 0 1 2 3 4)")
+    p.add_argument("--order-mask-identical", action="store_true",
+                   help="ARO-Order: drop perturbations identical to the original caption")
+    p.add_argument("--limit", type=int, default=None, help="first N items per subset (smoke runs; recorded)")
+    r = parser.add_argument_group("runtime")
+    r.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    r.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
+    r.add_argument("--text-batch-size", type=int, default=256, help="captions per forward pass (default 256)")
+    r.add_argument("--num-workers", type=int, default=min(8, os.cpu_count() or 1),
+                   help="DataLoader workers decoding images (default: min(8, CPUs))")
+    r.add_argument("--no-progress", action="store_true", help="no progress bars")
+    d = parser.add_argument_group("data")
+    d.add_argument("--data-root", default=None,
+                   help="the folder `clipneg data download --out` filled (sugarcrepe/, coco/, aro/, karpathy/)")
+    d.add_argument("--sugarcrepe", "--sugarcrepe-dir", dest="sugarcrepe", default=None,
+                   help="SugarCrepe JSON folder, or a root holding it and val2017/")
+    d.add_argument("--sugarcrepe-json", default=None, help="SugarCrepe JSON folder (when separate from --sugarcrepe)")
+    d.add_argument("--sugarcrepe-images", default=None,
+                   help="images the SugarCrepe JSONs name (default: --coco-val2017)")
+    d.add_argument("--sugarcrepe-subsets", nargs="+", default=None, help="only these subset files")
+    d.add_argument("--coco-val2017", "--coco-dir", dest="coco_val2017", default=None,
+                   help="COCO val2017 image folder (SugarCrepe, SugarCrepe++)")
+    d.add_argument("--aro", default=None, help="ARO folder: visual_genome_{relation,attribution}.json and images/")
+    d.add_argument("--aro-images", default=None, help="ARO image folder (default: images/ beside the JSONs)")
+    d.add_argument("--aro-relation-json", default=None, help="VG-Relation JSON file (overrides --aro)")
+    d.add_argument("--aro-attribution-json", default=None, help="VG-Attribution JSON file (overrides --aro)")
+    d.add_argument("--aro-min-pair-count", type=int, default=25,
+                   help="VG-Attribution: pairs with fewer items are left out of the headline (official 25; recorded)")
+    d.add_argument("--karpathy", default=None, help="folder with coco_karpathy_test.json and flickr30k_test.json")
+    d.add_argument("--coco-images", default=None, help="COCO root holding val2014/ (COCO-Order, COCO retrieval)")
+    d.add_argument("--flickr-images", default=None, help="Flickr30k root holding flickr30k-images/")
+    d.add_argument("--sugarcrepe-pp", default=None, help="SugarCrepe++ JSON folder")
+    d.add_argument("--sugarcrepe-pp-images", default=None, help="SugarCrepe++ images (default: --coco-val2017)")
+    d.add_argument("--winoground", default=None, help="Winoground folder (examples.jsonl + images/)")
+    d.add_argument("--valse", default=None, help="VALSE JSON folder")
+    d.add_argument("--valse-images", default=None, help="VALSE image root")
+    d.add_argument("--valse-all", action="store_true", help="VALSE: all items, not only the valid subset")
+    d.add_argument("--zeroshot-root", default=None, help="ImageFolder for zero-shot classification")
+    d.add_argument("--zeroshot-name", default="zeroshot", help="result name for the zero-shot set (imagenet, ...)")
+    d.add_argument("--classnames", default="folders", help="folders | imagenet | FILE (.txt or .json)")
+    d.add_argument("--templates", default="openai", help="openai (80) | simple | FILE (one template per line, {c})")
+    d.add_argument("--retrieval-json", default=None, help="Karpathy-format JSON for `retrieval`")
+    d.add_argument("--retrieval-images", default=None, help="image root for `retrieval`")
+    d.add_argument("--retrieval-pre-caption", action="store_true",
+                   help="clean retrieval captions like ARO/BLIP (lowercase, strip punctuation, 30 words)")
+
+
+def _device(spec: str) -> str:
+    import torch
+
+    if spec == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return spec
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from . import registry
+    from .results import result_path, safe_label
+
+    names = registry.expand(args.benchmarks)
+    specs = [registry.build_spec(n, args) for n in names]  # resolve data before loading the model
+    label = safe_label(args.label or (f"{args.model}__{args.pretrained}" if args.pretrained else args.model))
+    todo = []
+    for spec in specs:
+        path = result_path(args.out, spec.name, label)
+        if args.skip_existing and path.exists():
+            logger.info("skip %s (exists: %s)", spec.name, path)
+            continue
+        todo.append(spec)
+    if not todo:
+        print("nothing to do: every result exists (drop --skip-existing to recompute)")
+        return 0
+
+    import open_clip
+    import torch
+
+    from clipneg.models import load_clip
+
+    from .model_checks import find_manifests, leakage_findings, leakage_warnings, quickgelu_warnings
+    from .results import write_result
+    from .scorer import Scorer, ScorerConfig
+
+    device = _device(args.device)
+    t0 = time.perf_counter()
+    bundle = load_clip(args.model, args.pretrained, device=device, precision="fp32",
+                       force_quick_gelu=args.force_quick_gelu)
+    identity = {**bundle.identity, "label": label}
+    model_warnings = quickgelu_warnings(args.model, args.pretrained, identity)
+    findings = leakage_findings(find_manifests(args.model, args.pretrained, identity))
+    identity["training_data_checks"] = findings
+    for w in model_warnings:
+        logger.warning("%s", w)
+    scorer = Scorer(bundle.model, bundle.preprocess_val, bundle.tokenizer,
+                    ScorerConfig(device=device, precision=args.precision, image_batch_size=args.batch_size,
+                                 text_batch_size=args.text_batch_size, num_workers=args.num_workers,
+                                 progress=not args.no_progress))
+    logger.info("loaded %s (%s, %s) in %.1fs", label, identity.get("activation"), device, time.perf_counter() - t0)
+    for spec in todo:
+        policy = spec.official_tie_policy if args.tie_policy == "official" else args.tie_policy
+        t1 = time.perf_counter()
+        result = spec.run(scorer, policy, args.seed)
+        result.protocol.update({**scorer.config.to_dict(), "tie_policy_requested": args.tie_policy})
+        extra = model_warnings + leakage_warnings(findings, spec.name)
+        for w in extra:
+            logger.warning("%s: %s", spec.name, w)
+        runtime = {"seconds": round(time.perf_counter() - t1, 3), "device": device,
+                   "device_name": torch.cuda.get_device_name(device) if device.startswith("cuda") else
+                   platform.processor() or platform.machine(),
+                   "num_workers": args.num_workers, "image_batch_size": args.batch_size,
+                   "text_batch_size": args.text_batch_size, "scorer": scorer.stats.to_dict(),
+                   "versions": _versions(open_clip, torch), "command": " ".join(sys.argv),
+                   "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        path = write_result(result, args.out, label, model=identity, runtime=runtime, predictions=args.predictions,
+                            extra_warnings=extra)
+        print(result.summary_line())
+        print(f"  -> {path}")
+    return 0
+
+
+def _versions(open_clip, torch) -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        clipneg_version = version("clipneg")
+    except PackageNotFoundError:  # running from a source tree without installing
+        clipneg_version = "unknown"
+    return {"clipneg": clipneg_version, "open_clip": open_clip.__version__, "torch": torch.__version__,
+            "python": platform.python_version()}
+
+
+# ---- report ---------------------------------------------------------------------------------------------------------
+def add_report_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = REPORT_EXAMPLES
+    parser.add_argument("results", help="results folder written by `clipneg eval --out`")
+    parser.add_argument("--out", default="report", help="report folder (default report/)")
+    parser.add_argument("--baseline", default=None, help="model label to compute deltas against")
+    parser.add_argument("--benchmarks", nargs="+", default=None, help="only these benchmarks")
+    parser.add_argument("--no-plots", action="store_true", help="tables only")
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from .report import ReportConfig, build_report
+
+    out = build_report(ReportConfig(results_dir=args.results, out_dir=args.out, baseline=args.baseline,
+                                    benchmarks=tuple(args.benchmarks or ()), plots=not args.no_plots))
+    for p in out:
+        print(p)
+    return 0
+
+
+# ---- data -----------------------------------------------------------------------------------------------------------
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    from .download import DATASETS
+
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = DATA_EXAMPLES
+    parser.add_argument("action", choices=("download", "verify", "list"), help="what to do")
+    parser.add_argument("datasets", nargs="*", metavar="NAME",
+                        help=f"datasets: {', '.join(DATASETS)} (groups: aro, all-public)")
+    parser.add_argument("--out", default="data", help="data root (default data/); eval reads it with --data-root")
+    parser.add_argument("--no-extract", action="store_true", help="keep zips, do not unpack them")
+    parser.add_argument("--timeout", type=float, default=60.0, help="seconds per network read (default 60)")
+
+
+def run_data(args: argparse.Namespace) -> int:
+    from .download import DATASETS, describe, download_dataset, expand_names, verify_dataset
+
+    if args.action == "list":
+        print(describe())
+        return 0
+    if not args.datasets:
+        print(f"name at least one dataset: {', '.join(DATASETS)}", file=sys.stderr)
+        return 2
+    status = 0
+    for name in expand_names(args.datasets):
+        if args.action == "download":
+            download_dataset(name, args.out, extract=not args.no_extract, timeout=args.timeout)
+        else:
+            problems = verify_dataset(name, args.out)
+            for p in problems:
+                print(f"{name}: {p}", file=sys.stderr)
+            status = status or int(bool(problems))
+            if not problems:
+                print(f"{name}: ok")
+    return status

@@ -1,0 +1,89 @@
+"""The unit every benchmark adapter yields: one item with K images, L captions and a known correct pairing.
+
+Adapters normalise each benchmark to "positive first" (STYLE.md: ARO's official [false, true] order becomes
+[true, false]), so the scorer and the metrics never need to know where a benchmark keeps its positive.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+Box = tuple[float, float, float, float]  # (x, y, w, h) in pixels, ARO's bbox_x, bbox_y, bbox_w, bbox_h
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """An image file, optionally cropped to a box (x, y, w, h) before preprocessing.
+
+    rgb_first: convert to RGB before the eval transform (official ARO and Order loaders:
+    `Image.open(p).convert("RGB")`) instead of letting open_clip's transform convert after resizing (official
+    SugarCrepe: `Image.open(p)` as is). The two differ only for non-RGB files (palette, CMYK), but "to the item" means
+    following each benchmark's code. A crop always converts first, as ARO does. Two refs are the same image (encoded
+    once per run) when all fields match.
+    """
+
+    path: str
+    box: Box | None = None
+    rgb_first: bool = False
+
+    def crop_box(self) -> tuple[float, float, float, float] | None:
+        """The box as PIL's (left, upper, right, lower)."""
+        if self.box is None:
+            return None
+        x, y, w, h = self.box
+        return (x, y, x + w, y + h)
+
+
+@dataclass(frozen=True)
+class Item:
+    """One benchmark item.
+
+    images: K image refs (K may be 0 for text-only items); texts: L captions with the positive(s) first.
+    meta: benchmark facts used by the metrics (subset, relation, attribute pair, seed, ...). Must be JSON-serialisable.
+    text_text: also compute the L x L caption-caption similarities (SugarCrepe++ TOT).
+    """
+
+    id: str
+    images: tuple[ImageRef, ...]
+    texts: tuple[str, ...]
+    meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    text_text: bool = False
+
+
+def make_item(
+    id: str,
+    images: Iterable[ImageRef | str | Path],
+    texts: Iterable[str],
+    meta: dict[str, Any] | None = None,
+    text_text: bool = False,
+) -> Item:
+    """Build an Item, accepting plain paths for images."""
+    refs = tuple(im if isinstance(im, ImageRef) else ImageRef(str(im)) for im in images)
+    return Item(id=str(id), images=refs, texts=tuple(str(t) for t in texts), meta=dict(meta or {}),
+                text_text=text_text)
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """sha256 of a file, streamed."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            block = f.read(chunk)
+            if not block:
+                break
+            h.update(block)
+    return h.hexdigest()
+
+
+def require_images(items: Iterable[Item], hint: str, show: int = 5) -> int:
+    """Raise FileNotFoundError naming missing image files (first few) and what to do; return the unique image count."""
+    paths = dict.fromkeys(ref.path for it in items for ref in it.images)
+    missing = [p for p in paths if not Path(p).is_file()]
+    if missing:
+        listed = ", ".join(missing[:show]) + (" ..." if len(missing) > show else "")
+        raise FileNotFoundError(f"{len(missing)} of {len(paths)} image files are missing ({listed}). {hint}")
+    return len(paths)
