@@ -65,7 +65,8 @@ def _run(cmd: list[str], log_path: Path, threads: int) -> None:
 def _train(recipe: str, out: Path, world: Path, seed: int, steps: int | None, model: str | None, threads: int,
            workers: int) -> Path:
     benches = "[" + ", ".join(str(world / "benchmark" / b) for b in BENCHMARKS) + "]"
-    cmd = [sys.executable, str(_repo_file("train.py")), "--config", str(_repo_file(f"configs/demo_world_{recipe}.yaml")),
+    config = _repo_file(f"configs/demo_world_{recipe}.yaml")
+    cmd = [sys.executable, str(_repo_file("train.py")), "--config", str(config),
            "--data.shards", str(world / "shards"), "--data.num_workers", str(workers), "--data.seed", str(seed),
            "--run.seed", str(seed), "--run.out_dir", str(out / "runs"), "--run.name", recipe,
            "--run.progress", "false", "--eval.benchmarks", benches, "--eval.at_end", "false"]

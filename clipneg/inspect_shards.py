@@ -86,7 +86,8 @@ def _card(s: Sample) -> str:
         f'<figure>{_img(im.data, im.ext, im.kind)}<figcaption><span class="kind">{e(im.kind)}</span> '
         f'{e(s.neg_texts[im.text].text) if im.text is not None else "(no caption)"}</figcaption></figure>'
         for im in s.neg_images)
-    return (f'<div class="card"><div class="key">{e(s.key)}</div><div class="row"><figure>{_img(s.image, s.image_ext)}'
+    return (f'<div class="card"><div class="key">{e(s.key)}</div>'
+            f'<div class="row"><figure>{_img(s.image, s.image_ext)}'
             f'<figcaption class="pos">{e(s.caption)}</figcaption></figure>{imgs}</div>'
             f'<ul>{negs or "<li><i>no negative captions</i></li>"}</ul></div>')
 
@@ -104,7 +105,8 @@ figcaption{font-size:12px}.pos{font-weight:600}.key{font-family:monospace;color:
 
 def _count_table(title: str, counts: dict[str, int]) -> str:
     rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{v}</td></tr>" for k, v in counts.items())
-    return f"<table><tr><th>{html.escape(title)}</th><th>n</th></tr>{rows or '<tr><td>none</td><td>0</td></tr>'}</table>"
+    rows = rows or "<tr><td>none</td><td>0</td></tr>"
+    return f"<table><tr><th>{html.escape(title)}</th><th>n</th></tr>{rows}</table>"
 
 
 def write_gallery(spec: str, out: str | Path, *, limit: int = 48, summary: dict[str, Any] | None = None) -> Path:

@@ -99,7 +99,8 @@ class NegImage:
     score: float | None = None
 
     def to_json(self, member: str) -> dict[str, Any]:
-        d: dict[str, Any] = {"member": member, "kind": self.kind, "gen": self.gen, "seed": self.seed, "text": self.text}
+        d: dict[str, Any] = {"member": member, "kind": self.kind, "gen": self.gen, "seed": self.seed,
+                             "text": self.text}
         if self.score is not None:
             d["score"] = self.score
         return d

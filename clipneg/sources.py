@@ -13,7 +13,7 @@ import io
 import json
 import logging
 import tarfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -22,7 +22,7 @@ from typing import Any
 from PIL import Image, UnidentifiedImageError
 
 from clipneg.schema import Sample
-from clipneg.shards import QuarantineError, Quarantined
+from clipneg.shards import Quarantined, QuarantineError
 
 log = logging.getLogger(__name__)
 
@@ -239,8 +239,9 @@ def iter_table(path: str | Path, image_root: str | Path | None = None, *, image_
     """
     path = Path(path)
     root = Path(image_root) if image_root else path.parent
-    pick: Callable[[dict, str | None, tuple[str, ...]], str | None] = lambda row, want, options: want or next(
-        (c for c in options if c in row), None)
+    def pick(row: dict, want: str | None, options: tuple[str, ...]) -> (str | None):
+        return want or next(
+            (c for c in options if c in row), None)
     for n, row, error in _read_rows(path):
         source = f"{path.name}:{n}"
         if error:

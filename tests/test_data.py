@@ -108,7 +108,8 @@ def test_epoch_is_deterministic_for_a_seed_and_reshuffles_by_epoch(shards, tiny_
 
     a, b, c = run(0), run(0), run(1)
     assert [x["key"] for x in a] == [x["key"] for x in b]
-    assert all(torch.equal(x["image"], y["image"]) and torch.equal(x["neg_text"], y["neg_text"]) for x, y in zip(a, b))
+    for x, y in zip(a, b, strict=True):
+        assert torch.equal(x["image"], y["image"]) and torch.equal(x["neg_text"], y["neg_text"])
     assert [x["key"] for x in a] != [x["key"] for x in c]
 
 

@@ -75,8 +75,8 @@ def _broken_table(tmp_path: Path) -> Path:
 def test_bad_input_is_quarantined_with_reasons_and_reconciled(tmp_path):
     table = _broken_table(tmp_path)
     out = tmp_path / "out"
-    manifest = write_shards(iter_table(table, tmp_path / "images", key_col="key"), out, process=record_to_sample, shard_size=4,
-                            progress=False)
+    manifest = write_shards(iter_table(table, tmp_path / "images", key_col="key"), out, process=record_to_sample,
+                            shard_size=4, progress=False)
     assert manifest["counts"] == {"inputs": 10, "written": 2, "quarantined": 8}
     q = [json.loads(line) for line in (out / "quarantine.jsonl").read_text().splitlines()]
     reasons = {e["key"]: e["reason"] for e in q}
@@ -89,8 +89,8 @@ def test_bad_input_is_quarantined_with_reasons_and_reconciled(tmp_path):
     assert reasons["a6"].startswith("unsupported image format: GIF")
     assert any(e["reason"].startswith("unreadable JSONL line") for e in q)
     assert manifest["quarantine_reasons"] == {
-        "corrupt image": 2, "duplicate key": 1, "empty caption": 1, "invalid sample key": 1, "unreadable JSONL line": 1,
-        "unreadable image": 1, "unsupported image format": 1}
+        "corrupt image": 2, "duplicate key": 1, "empty caption": 1, "invalid sample key": 1,
+        "unreadable JSONL line": 1, "unreadable image": 1, "unsupported image format": 1}
     written = [m.name for t in out.glob("*.tar") for m in tarfile.open(t)]
     assert sorted(written) == ["a1.json", "a1.png", "a1.txt", "a7.jpg", "a7.json", "a7.txt"]
 
@@ -98,7 +98,7 @@ def test_bad_input_is_quarantined_with_reasons_and_reconciled(tmp_path):
 def test_undecodable_caption_and_broken_shard_members(tmp_path):
     src = tmp_path / "src.tar"
     with tarfile.open(src, "w") as tar:
-        for name, data in [("x1.jpg", image_bytes((1, 1, 1), fmt="JPEG")), ("x1.txt", "ok caption".encode()),
+        for name, data in [("x1.jpg", image_bytes((1, 1, 1), fmt="JPEG")), ("x1.txt", b"ok caption"),
                            ("x2.jpg", image_bytes((2, 2, 2), fmt="JPEG")), ("x2.txt", b"\xff\xfe bad utf8"),
                            ("x3.txt", b"no image here"), ("x4.jpg", image_bytes((4, 4, 4), fmt="JPEG")),
                            ("x4.json", b"{broken")]:
