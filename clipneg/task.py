@@ -1,0 +1,97 @@
+"""ContrastiveTask: one module that owns the CLIP model and the loss and takes the named batch dict.
+
+Wrapping this module (not the bare model) in DDP means one forward through the wrapper per step, so DDP's gradient
+hooks fire once and every parameter that got a gradient is reduced once (open_clip main's Task idea). Inside, the
+images and the negative images go through the image tower in one call, the captions and the negative captions through
+the text tower in one call: one big batch per tower is faster than several small ones and keeps normalisation layers
+seeing one batch.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from clipneg.losses import HardNegativeLoss, LossConfig, ema_update
+
+log = logging.getLogger(__name__)
+
+
+class ContrastiveTask(nn.Module):
+    """``task(batch) -> {"contrastive_loss": ..., ...}``: named loss terms, the objective is their sum.
+
+    With ``loss.distill > 0`` an EMA copy of the model (the DeGLA teacher) is kept as a frozen submodule, so it is
+    saved and restored with the task's state; call :meth:`update_teacher` after each optimizer step.
+    """
+
+    def __init__(self, model: nn.Module, loss_cfg: LossConfig | None = None, kinds: Sequence[str] = ()) -> None:
+        super().__init__()
+        self.model = model
+        self.loss_cfg = loss_cfg or LossConfig()
+        self.loss = HardNegativeLoss(self.loss_cfg, kinds)
+        self.teacher: nn.Module | None = None
+        if self.loss_cfg.distill > 0:
+            self.teacher = copy.deepcopy(model).eval()
+            for p in self.teacher.parameters():
+                p.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> ContrastiveTask:
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()  # the teacher never trains (no dropout, frozen statistics)
+        return self
+
+    def forward(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
+        cfg = self.loss_cfg
+        image, text = batch["image"], batch["text"]
+        b = image.shape[0]
+        images, texts = [image], [text]
+        neg_text = batch.get("neg_text")
+        use_nt = cfg.uses_neg_text and neg_text is not None and neg_text.shape[1] > 0
+        neg_image = batch.get("neg_image")
+        use_ni = cfg.uses_neg_image and neg_image is not None and neg_image.shape[1] > 0
+        if use_nt:
+            texts.append(neg_text.flatten(0, 1))
+        if use_ni:
+            images.append(neg_image.flatten(0, 1))
+        out = self.model(image=torch.cat(images) if len(images) > 1 else image,
+                         text=torch.cat(texts) if len(texts) > 1 else text)
+        img_f, txt_f = out["image_features"], out["text_features"]
+        feats: dict[str, Any] = {
+            "image_features": img_f[:b],
+            "text_features": txt_f[:b],
+            "logit_scale": out["logit_scale"],
+        }
+        if use_nt:
+            kt = neg_text.shape[1]
+            feats["neg_text_features"] = txt_f[b:].view(b, kt, -1)
+            feats["neg_text_mask"] = batch.get("neg_text_mask")
+            feats["neg_text_kind"] = batch.get("neg_text_kind")
+        if use_ni:
+            ki = neg_image.shape[1]
+            feats["neg_image_features"] = img_f[b:].view(b, ki, -1)
+            feats["neg_image_mask"] = batch.get("neg_image_mask")
+            feats["neg_image_text"] = batch.get("neg_image_text") if use_nt else None
+        if self.teacher is not None:
+            with torch.no_grad():
+                t_out = self.teacher(image=image, text=text)
+            feats["teacher_image_features"] = t_out["image_features"]
+            feats["teacher_text_features"] = t_out["text_features"]
+        return self.loss(**feats)
+
+    @torch.no_grad()
+    def update_teacher(self) -> None:
+        if self.teacher is not None:
+            ema_update(self.teacher, self.model, self.loss_cfg.distill_ema)
+
+    @torch.no_grad()
+    def clamp_logit_scale(self, max_value: float) -> None:
+        """CLIP keeps exp(logit_scale) <= 100 (Radford et al. 2021); open_clip clamps after every step."""
+        scale = getattr(self.model, "logit_scale", None)
+        if scale is not None:
+            scale.clamp_(0, max_value)
