@@ -27,8 +27,8 @@ logger = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
 SUGARCREPE_URL = "https://raw.githubusercontent.com/RAIVNLab/sugar-crepe/main/data/{subset}.json"
-# sha256 of RAIVNLab/sugar-crepe@0047054:data/{subset}.json (mirrors clipneg.eval.sugarcrepe.PINNED_SHA256, which
-# cannot be imported here without torch).
+# sha256 of RAIVNLab/sugar-crepe@0047054:data/{subset}.json (shared data MANIFEST.md); clipneg.eval.sugarcrepe
+# checks evaluated files against the same table.
 SUGARCREPE_SHA256 = {
     "add_att": "012d88d729693d193760e6f3393b06a1cf874380a9db0062e937201199fe044d",
     "add_obj": "1b9d76b93139a937b8dc1ada92a4f05ecc821bb3c291d752428bafadd4bb0682",

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .download import SUGARCREPE_SHA256
 from .items import ImageRef, Item, require_images, sha256_file
 from .metrics import Tally, macro
 from .results import BenchmarkResult
@@ -29,16 +30,8 @@ SUBSETS = ("replace_obj", "replace_att", "replace_rel", "swap_obj", "swap_att", 
 GROUPS = {"replace": SUBSETS[0:3], "swap": SUBSETS[3:5], "add": SUBSETS[5:7]}
 OFFICIAL_COUNTS = {"add_att": 692, "add_obj": 2062, "replace_att": 788, "replace_obj": 1652, "replace_rel": 1406,
                    "swap_att": 666, "swap_obj": 245}
-# sha256 of RAIVNLab/sugar-crepe@0047054:data/{subset}.json (shared data MANIFEST.md).
-PINNED_SHA256 = {
-    "add_att": "012d88d729693d193760e6f3393b06a1cf874380a9db0062e937201199fe044d",
-    "add_obj": "1b9d76b93139a937b8dc1ada92a4f05ecc821bb3c291d752428bafadd4bb0682",
-    "replace_att": "9fe55fd4c0a9ad1f85d486d9f6d0215b41f867eb025026e7f7b5ce44352545ee",
-    "replace_obj": "9d299600639947e9d15281a9ded1382b376cf4ea088a8d08a1314bfe76e81898",
-    "replace_rel": "356bcc2fc4c6aed3f4d9fd50acc58489bb1fe70c28791f9368d4cbf9ea39cdc9",
-    "swap_att": "7a7ce04e5c4c80412b48c6f0c1347fb1a2f5d54c0be6aa429b64d390e442f8d0",
-    "swap_obj": "073cdb8e253d053614e80710834d9773b09dbc1dd0a412f6f9492262caa1dcad",
-}
+# sha256 of RAIVNLab/sugar-crepe@0047054:data/{subset}.json, kept in the torch-free download module.
+PINNED_SHA256 = SUGARCREPE_SHA256
 OFFICIAL_TIE_POLICY = "strict"
 COLUMNS = [*SUBSETS, "replace", "swap", "add", "macro"]
 ITEM_KEYS = ("filename", "caption", "negative_caption")
