@@ -3,10 +3,12 @@
     python bench/world_gain.py --out /tmp/world_gain              # 3 seeds, 2 jobs in parallel (2-core CPU)
     python bench/world_gain.py --out /tmp/wg --seeds 0 --recipes clip triplet --finetune-steps 100   # a quick look
 
-1. Renders the world (`clipneg world`): training shards with the exact negatives of every SugarCrepe kind and a
-   counterfactual image per negative, and held-out benchmarks in SugarCrepe format (seen and unseen compositions).
-2. Per seed, pretrains the tiny CLIP from scratch with the plain CLIP loss (configs/demo_world_pretrain.yaml).
-3. Per seed, fine-tunes that model for the same number of steps with each recipe (configs/demo_world_{recipe}.yaml).
+1. Renders the world through clipneg.world's API (WorldConfig overrides in --world; `clipneg world` exposes only some
+   fields): training shards with the exact negatives of every SugarCrepe kind and a counterfactual image per
+   negative, and benchmarks in SugarCrepe format on seen and on held-out compositions.
+2. Pretrains a tiny CLIP from scratch with the plain CLIP loss (configs/demo_world_pretrain.yaml); one pretrained
+   model is shared by all fine-tune seeds (--pretrain-seed -1 pretrains once per seed).
+3. Per seed, fine-tunes it for the same number of steps with each recipe (configs/demo_world_{recipe}.yaml).
 4. Scores every model on the world benchmarks with the SugarCrepe rule (cos(img, pos) > cos(img, neg), ties wrong),
    per kind, and image-text R@1 on the positives; reports mean and spread over seeds and checks the goal:
    the plain fine-tune fails (<= 70% on replace_rel and on a swap kind), the best hard-negative recipe gains >= 20
