@@ -142,13 +142,13 @@ def check_goal(table: dict, baseline: str = "clip") -> dict:
                 delta = row[key]["mean"] - base[key]["mean"]
                 gains[key] = delta
                 if k in failure[s] and delta < 20.0:
-                    problems.append(f"{key}: +{delta:.1f} < 20")
+                    problems.append(f"{key}: {delta:+.1f} < +20")
                 if k not in failure[s] and delta < -1.0:
-                    problems.append(f"{key}: {delta:.1f} < -1")
+                    problems.append(f"{key}: {delta:+.1f} < -1")
             r1 = row[f"{s}/r1"]["mean"] - base[f"{s}/r1"]["mean"]
             gains[f"{s}/r1"] = r1
             if r1 < 0:
-                problems.append(f"{s}/r1: {r1:.1f} < 0")
+                problems.append(f"{s}/r1: {r1:+.1f} < 0")
         verdicts[recipe] = {"passes": not problems, "problems": problems, "gains": gains,
                             "mean_gain_on_failing": statistics.fmean(
                                 [gains[f"{s}/{k}"] for s in SPLITS for k in failure[s]] or [0.0])}
