@@ -86,7 +86,7 @@ def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
 
 
 def _item_key(item: Any) -> str | None:
-    return item.key if isinstance(item, (Quarantined, Sample)) or hasattr(item, "key") else None
+    return getattr(item, "key", None)
 
 
 def _package_versions() -> dict[str, str]:
