@@ -79,7 +79,8 @@ def batches(cfg: TrainConfig, bundle: ClipBundle, state: TrainState, accelerator
     """
     skip = state.step - state.epoch_start_step
     while True:
-        loader = build_loader(cfg.data, preprocess=bundle.preprocess_train, tokenizer=bundle.tokenizer,
+        preprocess = bundle.preprocess_train if cfg.data.augment else bundle.preprocess_val
+        loader = build_loader(cfg.data, preprocess=preprocess, tokenizer=bundle.tokenizer,
                               epoch=state.epoch, start_step=state.epoch_start_step)
         n = 0
         with torch.random.fork_rng(devices=[]):

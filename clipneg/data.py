@@ -61,6 +61,10 @@ class LoaderConfig:
     # Prefer negative images that depict one of the chosen negative captions (the TripletCLIP pair).
     pair_images_with_texts: bool = True
     num_workers: int = 2
+    # open_clip's training transform (RandomResizedCrop, scale 0.9-1) or, when false, the evaluation transform. At
+    # 32 px the crop's bicubic resampling blurs a small object's colour into its shape and shifts the layout; on the
+    # built-in world, training without it learned relations faster (docs/BENCHMARKS.md).
+    augment: bool = True
     shuffle_buffer: int = 1000
     shuffle_shards: bool = True
     drop_last: bool = True

@@ -32,7 +32,7 @@ BENCHMARKS = ("sugarcrepe", "sugarcrepe_heldout")
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
-    p.add_argument("--n-train", type=int, default=10000, help="training scenes (default 10000)")
+    p.add_argument("--n-train", type=int, default=5000, help="training scenes (default 5000)")
     p.add_argument("--n-test", type=int, default=500, help="benchmark scenes per split (default 500)")
     p.add_argument("--pretrain-steps", type=int, default=None, help="override the pretrain recipe's steps")
     p.add_argument("--finetune-steps", type=int, default=None, help="override the fine-tune recipes' steps")
@@ -87,8 +87,9 @@ def run(args: argparse.Namespace) -> int:
     world = out / "world"
     t0 = time.perf_counter()
     if not (world / "shards" / "manifest.json").exists():
+        # The demo preset: the world a tiny CLIP learns on a CPU in minutes (clipneg.world.config.PRESETS).
         clipneg(["world", "--out", str(world), "--n-train", str(args.n_train), "--n-test", str(args.n_test),
-                 "--image-size", "32", "--seed", str(args.seed)])
+                 "--preset", "demo", "--seed", str(args.seed), "--shard-size", str(max(1, args.n_train // 8))])
     clipneg(["inspect", str(world / "shards"), "--html", str(out / "gallery.html"), "--limit", "40"])
 
     log.info("pretraining the tiny CLIP with the plain loss")

@@ -184,3 +184,44 @@ def test_bf16_locking_and_checkpointing_options(shards, tmp_path):
     assert torch.equal(tuned["visual.conv1.weight"], start["visual.conv1.weight"])  # locked tower unchanged
     assert not torch.equal(tuned["text_projection"], start["text_projection"])
     assert torch.isfinite(torch.tensor(out["train/loss"]))
+
+
+def test_tensorboard_receives_every_logged_scalar(shards, tmp_path):
+    # tensorboard is in the test install (Makefile: .[tensorboard]); Accelerate's tracker writes the event file.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    train.main(tiny_args(shards, tmp_path, "tb", "--run.steps", "3", "--run.export", "false",
+                         "--run.trackers", "[tensorboard]"))
+    # Accelerate writes the scalars under <run dir>/<run name>/ and the resolved config (hparams) one level deeper.
+    scalars = list((tmp_path / "tb" / "tb").glob("events.out.tfevents.*"))
+    hparams = list((tmp_path / "tb" / "tb").glob("*/events.out.tfevents.*"))
+    assert len(scalars) == 1 and len(hparams) == 1
+    acc = EventAccumulator(str(scalars[0].parent))
+    acc.Reload()
+    rows = read_jsonl(tmp_path / "tb" / "log.jsonl")
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    for key in ("train/loss", "train/contrastive_loss", "train/lr", "train/samples_per_s"):
+        logged = acc.Scalars(key)
+        assert [e.step for e in logged] == [1, 2, 3]
+        assert [e.value for e in logged] == pytest.approx([r[key] for r in rows], rel=1e-6)
+
+
+def test_tracker_choice(monkeypatch, tmp_path):
+    from clipneg import trackers
+
+    installed = {"tensorboard"}
+    monkeypatch.setattr(trackers, "_installed", lambda m: m in installed)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    names = lambda ts: [t if isinstance(t, str) else t.name for t in ts]  # noqa: E731
+    assert names(trackers.choose_trackers(["auto"], tmp_path)) == ["jsonl", "tensorboard"]
+    assert names(trackers.choose_trackers(["jsonl"], tmp_path)) == ["jsonl"]
+    with pytest.raises(ValueError, match="pip install wandb"):
+        trackers.choose_trackers(["wandb"], tmp_path)
+    installed.add("wandb")
+    # Installed but not configured: "auto" leaves W&B out (a headless job would stop at its login prompt).
+    assert names(trackers.choose_trackers(["auto"], tmp_path)) == ["jsonl", "tensorboard"]
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    assert names(trackers.choose_trackers(["auto"], tmp_path)) == ["jsonl", "tensorboard", "wandb"]
+    with pytest.raises(ValueError, match="unknown"):
+        trackers.choose_trackers(["mlflow"], tmp_path)

@@ -32,9 +32,11 @@ from clipneg.world import (
     parse_caption,
     same_bag_rate,
     scene_satisfies,
+    world_config,
     write_train_shards,
 )
-from clipneg.world.vocab import COLOURS, SHAPES, SIZES
+from clipneg.world.captions import PREFIXES
+from clipneg.world.vocab import COLOURS, REL_WORDS, SHAPES, SIZES
 
 N_TRAIN, N_TEST = 300, 150
 
@@ -75,10 +77,31 @@ def test_vocabulary_is_large_enough(world: World) -> None:
 
 
 @pytest.mark.parametrize("bad", [dict(image_size=16), dict(image_size=512), dict(jitter=2.0),
-                                 dict(shapes=("circle", "blob")), dict(object_probs=(0.5, 0.5, 0.5))])
+                                 dict(shapes=("circle", "blob")), dict(object_probs=(0.5, 0.5, 0.5)),
+                                 dict(rel_families=()), dict(rel_families=(4,)), dict(p_prefix=1.5)])
 def test_config_rejects_bad_values(bad: dict) -> None:
     with pytest.raises(ValueError):
         WorldConfig(**bad)
+
+
+def test_presets_and_wording_knobs() -> None:
+    demo = world_config("demo", shapes=["circle", "square"])
+    assert (demo.grid, demo.image_size, demo.jitter, demo.texture, demo.rel_families, demo.p_prefix) == (
+        2, 32, 0.0, False, (1,), 0.0)
+    assert demo.shapes == ("circle", "square") and world_config() == WorldConfig()
+    with pytest.raises(ValueError, match="unknown world preset"):
+        world_config("nope")
+    with pytest.raises(ValueError, match="unknown WorldConfig fields"):
+        world_config("demo", colour="red")
+    # One wording family and no prefix: every relation phrase comes from REL_WORDS[1], every caption starts bare, and
+    # the negatives keep the positive's wording.
+    texts = [t for ex in World(world_config("demo")).examples("train", 300)
+             for t in [ex.text, *(n.text for n in ex.negatives)]]
+    used = {phrase for t in texts for family in REL_WORDS for phrase in family.values() if f" {phrase} " in t}
+    assert used == {"left of", "right of", "above", "below"}
+    assert not any(t.lower().startswith(p.strip()) for t in texts for p in PREFIXES if p)
+    full = [ex.text for ex in World(WorldConfig(image_size=32)).examples("train", 300)]
+    assert sum(any(t.lower().startswith(p) for p in PREFIXES if p) for t in full) > 100  # ~55 % have a prefix
 
 
 # ---- truth function and caption grammar -------------------------------------------------------------------------
@@ -428,3 +451,11 @@ def test_cli_writes_shards_and_benchmarks(tmp_path: Path, capsys: pytest.Capture
     assert summary["train_images"] > 6
     bad = parser.parse_args(["--out", str(tmp_path / "x"), "--image-size", "8"])
     assert command.run(bad) == 2
+    # A preset, a flag over it, and any other field as JSON; the manifest records the resolved config.
+    demo = parser.parse_args(["--out", str(tmp_path / "demo"), "--n-train", "4", "--n-test", "0", "--preset", "demo",
+                              "--grid", "3", "--world-json", '{"object_probs": [0, 1, 0]}', "--no-progress"])
+    assert command.run(demo) == 0
+    cfg = json.loads((tmp_path / "demo" / "shards" / "manifest.json").read_text())["info"]["world"]
+    assert (cfg["grid"], cfg["image_size"], cfg["rel_families"], cfg["object_probs"]) == (3, 32, [1], [0, 1, 0])
+    for wrong in ('{"nope": 1}', "[1]", "{bad json"):
+        assert command.run(parser.parse_args(["--out", str(tmp_path / "y"), "--world-json", wrong])) == 2

@@ -21,7 +21,7 @@ from clipneg.world.captions import (
     render_text,
     scene_satisfies,
 )
-from clipneg.world.config import WorldConfig
+from clipneg.world.config import PRESETS, WorldConfig, world_config
 from clipneg.world.export import (
     aro_items,
     example_to_sample,
@@ -38,10 +38,10 @@ from clipneg.world.scene import Obj, Scene, relation_holds
 from clipneg.world.splits import SPLITS, HeldOut, build_heldout, scene_seed
 
 __all__ = [
-    "KINDS", "SPLITS", "Caption", "CaptionParseError", "Description", "Example", "Fact", "HeldOut", "Mention",
-    "Negative", "Obj", "Renderer", "Scene", "Style", "World", "WorldConfig", "aro_items", "build_heldout",
+    "KINDS", "PRESETS", "SPLITS", "Caption", "CaptionParseError", "Description", "Example", "Fact", "HeldOut",
+    "Mention", "Negative", "Obj", "Renderer", "Scene", "Style", "World", "WorldConfig", "aro_items", "build_heldout",
     "check_example", "content_bag", "encode_image", "encode_png", "example_to_sample", "export_aro",
     "export_benchmarks", "export_sugarcrepe", "image_filename", "make_negative", "make_negatives", "meaning_key",
     "parse_caption", "relation_holds", "render_text", "same_bag_rate", "sample_scene", "scene_seed",
-    "scene_satisfies", "write_train_shards",
+    "scene_satisfies", "world_config", "write_train_shards",
 ]

@@ -10,7 +10,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from clipneg.shards import finalize
-from clipneg.world.config import WorldConfig
+from clipneg.world.config import PRESETS, WorldConfig, world_config
 from clipneg.world.export import export_benchmarks, shard_info, write_train_shards
 from clipneg.world.generate import World
 
@@ -19,6 +19,8 @@ log = logging.getLogger(__name__)
 EXAMPLE = """\
 example:
   clipneg world --out runs/world --n-train 10000 --n-test 1000 --image-size 64 --seed 0
+  clipneg world --out runs/world --preset demo           # the CPU demo's world (2 x 2 layout, 32 px, one wording)
+  clipneg world --out runs/world --preset demo --world-json '{"object_probs": [0, 1, 0]}'   # any WorldConfig field
 
 writes:
   runs/world/shards/train-000000.tar ...  (+ sizes.json, manifest.json); each sample has png, txt, json and, with
@@ -36,14 +38,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-train", type=int, default=10000, help="training scenes (default: %(default)s)")
     parser.add_argument("--n-test", type=int, default=1000,
                         help="scenes per test split (seen and held-out; default: %(default)s)")
-    parser.add_argument("--image-size", type=int, default=64, help="pixels per side, 32-224 (default: %(default)s)")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="default",
+                        help="named WorldConfig starting point; the flags below override it (default: %(default)s)")
+    parser.add_argument("--image-size", type=int, default=None, help="pixels per side, 32-224 (default: the "
+                        "preset's; 64 for default, 32 for demo)")
+    parser.add_argument("--grid", type=int, default=None, help="grid x grid layout cells (default: the preset's)")
     parser.add_argument("--seed", type=int, default=0, help="world seed: scenes, held-out set (default: %(default)s)")
     parser.add_argument("--negatives", action=argparse.BooleanOptionalAction, default=True,
                         help="attach exact negative captions and counterfactual images to training samples")
     parser.add_argument("--shard-size", type=int, default=1000, help="samples per shard (default: %(default)s)")
-    parser.add_argument("--texture", action=argparse.BooleanOptionalAction, default=True,
-                        help="smooth background texture")
-    parser.add_argument("--jitter", type=float, default=1.0, help="position jitter in [0, 1] (default: %(default)s)")
+    parser.add_argument("--texture", action=argparse.BooleanOptionalAction, default=None,
+                        help="smooth background texture (default: the preset's)")
+    parser.add_argument("--jitter", type=float, default=None, help="position jitter in [0, 1] (default: the preset's)")
+    parser.add_argument("--world-json", default="{}", help="JSON object of any other clipneg.world.WorldConfig "
+                        "fields, applied last")
     parser.add_argument("--benchmark-format", choices=("jpg", "png"), default="jpg",
                         help="benchmark image files: jpg (quality 95, 4:4:4, COCO-style names) or png")
     parser.add_argument("--workers", type=int, default=1, help="processes writing training shards")
@@ -57,9 +65,14 @@ def _shard_worker(cfg: WorldConfig, out: str, n: int, negatives: bool, shard_siz
 
 
 def run(args: argparse.Namespace) -> int:
+    flags = {"seed": args.seed, "image_size": args.image_size, "grid": args.grid, "texture": args.texture,
+             "jitter": args.jitter}
     try:
-        cfg = WorldConfig(seed=args.seed, image_size=args.image_size, texture=args.texture, jitter=args.jitter)
-    except ValueError as e:
+        extra = json.loads(args.world_json)
+        if not isinstance(extra, dict):
+            raise ValueError(f"--world-json must be a JSON object (got {args.world_json!r})")
+        cfg = world_config(args.preset, **{k: v for k, v in flags.items() if v is not None}, **extra)
+    except (ValueError, TypeError) as e:
         log.error("%s", e)
         return 2
     if args.n_train < 0 or args.n_test < 0:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from clipneg.world.vocab import COLOURS, SHAPES
+from clipneg.world.vocab import COLOURS, REL_WORDS, SHAPES
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,10 @@ class WorldConfig:
     p_no_colour: float = 0.08  # chance a mention omits its colour ("a circle"), which makes add_att possible
     p_no_relation: float = 0.12  # chance a multi-object caption lists objects without a relation
     p_chain: float = 0.5  # for 3 objects with a relation: two relations (chain) rather than relation + extra object
+    # Caption wording: which relation phrasing families (indices into vocab.REL_WORDS) captions use, and how often a
+    # caption gets a prefix ("a picture of ..."). Fewer phrasings are fewer synonyms for a small model to learn.
+    rel_families: tuple[int, ...] = (0, 1, 2, 3)
+    p_prefix: float = 0.55
     zipf: float = 0.6  # skew exponent of the training split (0 = uniform); see same_bag_rate for the trade-off
     test_zipf: float = 0.0  # skew of the test splits
     heldout_colours_per_shape: int = 1  # (shape, colour) pairs held out: this many colours per shape
@@ -57,10 +61,42 @@ class WorldConfig:
             raise ValueError(f"colours must be >= 2 distinct names from {tuple(COLOURS)} (got {self.colours})")
         if len(self.object_probs) != 3 or min(self.object_probs) < 0 or abs(sum(self.object_probs) - 1) > 1e-6:
             raise ValueError(f"object_probs must be 3 non-negative numbers summing to 1 (got {self.object_probs})")
+        if not self.rel_families or any(not 0 <= f < len(REL_WORDS) for f in self.rel_families):
+            raise ValueError(f"rel_families must be indices into the {len(REL_WORDS)} phrasing families of "
+                             f"clipneg.world.vocab.REL_WORDS (got {self.rel_families})")
+        if not 0.0 <= self.p_prefix <= 1.0:
+            raise ValueError(f"p_prefix must be in [0, 1] (got {self.p_prefix})")
         if self.heldout_colours_per_shape >= len(self.colours):
             raise ValueError("heldout_colours_per_shape must leave at least one colour per shape for training")
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["shapes"], d["colours"], d["object_probs"] = list(self.shapes), list(self.colours), list(self.object_probs)
+        d["rel_families"] = list(self.rel_families)
         return d
+
+
+# Named starting points for WorldConfig (explicit fields override them). "demo" is the world on which a tiny CLIP
+# trained from scratch on 2 CPU cores learns composition within minutes (docs/BENCHMARKS.md, bench/world_gain.py):
+# a 2 x 2 layout at 32 px without jitter or texture, one relation wording, no caption prefixes, and 6 shapes x 6
+# colours (36 types: with all 132, colour-shape binding moved a few points in the same number of steps).
+# "default" is the full world (3 x 3 jittered layout, 12 x 11 types, 4 wordings, prefixes); the tiny model does not
+# learn it in a CPU budget (replace_obj stayed near chance).
+PRESETS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "demo": {"image_size": 32, "grid": 2, "jitter": 0.0, "texture": False, "rel_families": (1,), "p_prefix": 0.0,
+             "shapes": ("circle", "square", "triangle", "star", "heart", "cross"),
+             "colours": ("red", "yellow", "green", "blue", "white", "black")},
+}
+
+
+def world_config(preset: str = "default", **overrides: Any) -> WorldConfig:
+    """WorldConfig from a named preset plus field overrides (lists become tuples, as JSON gives them)."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown world preset {preset!r}; choose from {sorted(PRESETS)}")
+    fields = {**PRESETS[preset], **{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}}
+    unknown = sorted(set(fields) - set(WorldConfig.__dataclass_fields__))
+    if unknown:
+        raise ValueError(f"unknown WorldConfig fields {unknown}; see clipneg.world.config.WorldConfig")
+    return WorldConfig(**fields)
+

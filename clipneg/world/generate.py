@@ -29,11 +29,9 @@ from clipneg.world.config import WorldConfig
 from clipneg.world.negatives import Negative, make_negatives
 from clipneg.world.scene import Obj, Scene, relation_holds, sample_cells, sample_offset
 from clipneg.world.splits import HeldOut, build_heldout, scene_seed
-from clipneg.world.vocab import REL_WORDS, RELATIONS, SIZES
+from clipneg.world.vocab import RELATIONS, SIZES
 
 MAX_RESAMPLE = 1000  # rejection sampling for split constraints; acceptance is ~70 % (seen), ~25 % (held-out)
-# The bare template ("a red circle left of a blue square") is the most common, as in real alt-text and COCO.
-_PREFIX_C = list(itertools.accumulate([0.45] + [0.55 / (len(PREFIXES) - 1)] * (len(PREFIXES) - 1)))
 
 
 @dataclass(frozen=True)
@@ -99,12 +97,15 @@ def _draw(cdf: list[float], u: float) -> int:
     return min(bisect.bisect_right(cdf, u), len(cdf) - 1)
 
 
-def sample_style(rng: random.Random) -> Style:
-    prefix = _draw(_PREFIX_C, rng.random())
+def sample_style(rng: random.Random, cfg: WorldConfig) -> Style:
+    # The bare template ("a red circle left of a blue square") is the most common (p_prefix 0.55 leaves it 45 %), as
+    # in real alt-text and COCO; the prefixes share the rest evenly.
+    n = len(PREFIXES) - 1
+    prefix = _draw(list(itertools.accumulate([1.0 - cfg.p_prefix] + [cfg.p_prefix / n] * n)), rng.random())
     return Style(
         prefix=prefix,
         verb=prefix == 0 and rng.random() < 0.5,  # "there is a circle is left of ..." is not English
-        rel_words=rng.randrange(len(REL_WORDS)),
+        rel_words=cfg.rel_families[rng.randrange(len(cfg.rel_families))],
         connector=rng.randrange(len(CONNECTORS)),
         capital=rng.random() < 0.3,
         period=rng.random() < 0.3,
@@ -152,7 +153,7 @@ def sample_scene(rng: random.Random, cfg: WorldConfig, types: TypeSampler) -> tu
         colour = None if rng.random() < cfg.p_no_colour else o.colour
         size = o.size if rng.random() < cfg.p_size_word else None
         mentions.append(Mention(o.shape, colour, size))
-    caption = Caption(Description(tuple(mentions), tuple(facts)), sample_style(rng), tuple(order))
+    caption = Caption(Description(tuple(mentions), tuple(facts)), sample_style(rng, cfg), tuple(order))
     assert scene_satisfies(scene, caption.desc, strict=True), (scene, caption)
     return scene, caption
 
