@@ -78,8 +78,8 @@ def batches(cfg: TrainConfig, bundle: ClipBundle, state: TrainState, accelerator
     depend on when the loader was made, and skipping does not consume the restored training RNG.
     """
     skip = state.step - state.epoch_start_step
+    preprocess = bundle.preprocess_train if cfg.data.augment else bundle.preprocess_val
     while True:
-        preprocess = bundle.preprocess_train if cfg.data.augment else bundle.preprocess_val
         loader = build_loader(cfg.data, preprocess=preprocess, tokenizer=bundle.tokenizer,
                               epoch=state.epoch, start_step=state.epoch_start_step)
         n = 0

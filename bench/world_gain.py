@@ -43,32 +43,16 @@ DEFAULT_WORLD = "{}"  # the demo preset as it is (clipneg.world.config.PRESETS)
 DEFAULT_MODEL = "clipneg-tiny-rn"
 
 
-def _write_part(cfg_json: dict, out: str, n: int, shard_size: int, rank: int, world_size: int) -> None:
-    from clipneg.world import World, WorldConfig, write_train_shards
-
-    write_train_shards(World(WorldConfig(**cfg_json)), out, n, shard_size=shard_size, rank=rank,
-                       world_size=world_size, progress=False)
-
-
 def make_world(folder: Path, preset: str, overrides: dict, n_train: int, n_test: int, jobs: int) -> None:
-    """Render the world (a preset plus WorldConfig overrides): shards in parallel, then the benchmarks. Same result
-    as `clipneg world --out folder --preset P --world-json '{...}'`."""
-    from concurrent.futures import ProcessPoolExecutor
+    """Render the world with `clipneg world` (shards written by ``jobs`` processes, then the benchmarks); the shards'
+    manifest.json records the resolved WorldConfig."""
+    from clipneg.cli import main as clipneg
 
-    from clipneg.world import World, export_benchmarks, world_config, write_train_shards
-
-    cfg = world_config(preset, **overrides)
-    cfg_json = {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}
-    shard_size = max(1, n_train // 8)
-    with ProcessPoolExecutor(jobs) as pool:  # rank r writes chunks r, r + jobs, ...
-        for f in [pool.submit(_write_part, cfg_json, str(folder / "shards"), n_train, shard_size, r, jobs)
-                  for r in range(jobs)]:
-            f.result()
-    world = World(cfg)
-    write_train_shards(world, folder / "shards", n_train, shard_size=shard_size, progress=False)  # finalises
-    counts = export_benchmarks(world, folder / "benchmark", n_test, progress=False)
-    (folder / "world.json").write_text(json.dumps({"config": cfg.to_json(), "n_train": n_train, "n_test": n_test,
-                                                   "benchmark_counts": counts}, indent=1))
+    code = clipneg(["world", "--out", str(folder), "--preset", preset, "--world-json", json.dumps(overrides),
+                    "--n-train", str(n_train), "--n-test", str(n_test), "--shard-size", str(max(1, n_train // 8)),
+                    "--workers", str(jobs), "--no-progress"])
+    if code:
+        raise SystemExit(f"clipneg world failed (exit {code}) for --preset {preset} --world-json {overrides}")
 
 
 def run_job(cmd: list[str], log: Path) -> float:

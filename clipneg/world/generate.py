@@ -7,9 +7,10 @@ same whether 10 or 10 million are generated, and shards can be written in any or
 from __future__ import annotations
 
 import bisect
+import functools
 import itertools
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -92,16 +93,21 @@ def _relation(a: Obj, b: Obj) -> str:
     return rel[0]
 
 
-def _draw(cdf: list[float], u: float) -> int:
+def _draw(cdf: Sequence[float], u: float) -> int:
     """Inverse-CDF draw (clamped against the last cumulative sum rounding below 1)."""
     return min(bisect.bisect_right(cdf, u), len(cdf) - 1)
 
 
-def sample_style(rng: random.Random, cfg: WorldConfig) -> Style:
+@functools.cache
+def _prefix_cdf(p_prefix: float) -> tuple[float, ...]:
     # The bare template ("a red circle left of a blue square") is the most common (p_prefix 0.55 leaves it 45 %), as
-    # in real alt-text and COCO; the prefixes share the rest evenly.
+    # in real alt-text and COCO; the prefixes share the rest evenly. Cached: every scene draws from it.
     n = len(PREFIXES) - 1
-    prefix = _draw(list(itertools.accumulate([1.0 - cfg.p_prefix] + [cfg.p_prefix / n] * n)), rng.random())
+    return tuple(itertools.accumulate([1.0 - p_prefix] + [p_prefix / n] * n))
+
+
+def sample_style(rng: random.Random, cfg: WorldConfig) -> Style:
+    prefix = _draw(_prefix_cdf(cfg.p_prefix), rng.random())
     return Style(
         prefix=prefix,
         verb=prefix == 0 and rng.random() < 0.5,  # "there is a circle is left of ..." is not English
