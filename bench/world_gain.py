@@ -1,6 +1,7 @@
 """Does hard-negative fine-tuning fix composition on the built-in world? The measurement behind the demo's claim.
 
     python bench/world_gain.py --out /tmp/world_gain              # 3 seeds, 2 jobs in parallel (2-core CPU)
+    python bench/world_gain.py --out /tmp/world_gain --breakdown  # + held-out accuracy by what is novel
     python bench/world_gain.py --out /tmp/wg_vit --model '{"vision_cfg": {"width": 128}}'   # clipneg-tiny's ViT, wider
     python bench/world_gain.py --out /tmp/wg --seeds 0 --recipes clip triplet --finetune-steps 100   # a quick look
 
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 import statistics
 import subprocess
@@ -97,6 +99,36 @@ def custom_model(folder: Path, overrides: dict) -> Path:
     return export_local_dir(model, folder, model_cfg=cfg, record={"overrides": overrides})
 
 
+def novelty_breakdown(model: str, benchmark: Path) -> dict[str, dict[str, float]]:
+    """Held-out accuracy per kind, split by what is novel in the positive caption: a held-out (shape, colour) pair
+    ("pair"), or only a held-out relation triple ("triple only"). Tells a failure to bind unseen shape-colour pairs
+    apart from a failure to transfer relations. Same scorer and rule as training's evaluation."""
+    import torch
+    from clipneg.eval.scorer import Scorer, ScorerConfig
+    from clipneg.eval.sugarcrepe import SugarCrepeConfig, evaluate_sugarcrepe, load_sugarcrepe
+
+    from clipneg.models import load_clip
+
+    meta = json.loads((benchmark / "world_benchmark.json").read_text())
+    held = {(colour, shape) for shape, colour in meta["heldout"]["pairs"]}
+    colours, shapes = "|".join(meta["world"]["colours"]), "|".join(meta["world"]["shapes"])
+    mention = re.compile(rf"\b({colours}) ({shapes})\b")
+    bundle = load_clip(model)
+    folder = benchmark / SPLITS[1]
+    cfg = SugarCrepeConfig(json_dir=str(folder), image_dir=str(folder / "images"), name=SPLITS[1])
+    scorer = Scorer(bundle.model.eval(), bundle.preprocess_val, bundle.tokenizer,
+                    ScorerConfig(device="cpu", num_workers=0, progress=False))
+    with torch.no_grad():
+        result = evaluate_sugarcrepe(scorer, cfg)
+    captions = {item.id: item.texts[0] for item in load_sugarcrepe(cfg)[0]}
+    groups: dict[str, dict[str, list[bool]]] = {}
+    for pred in result.predictions:
+        novel = "pair" if set(mention.findall(captions[pred["id"]].lower())) & held else "triple only"
+        groups.setdefault(pred["subset"], {}).setdefault(novel, []).append(bool(pred["correct"]))
+    return {kind: {g: {"accuracy": 100.0 * sum(v) / len(v), "n": len(v)} for g, v in sorted(by.items())}
+            for kind, by in groups.items()}
+
+
 def summarise(results: dict[str, list[dict]]) -> dict:
     """Mean and spread (population std over seeds) of every metric, per recipe."""
     table = {}
@@ -160,13 +192,27 @@ def markdown(table: dict, goal: dict, timing: dict) -> str:
     return "\n".join(lines)
 
 
+def breakdown_markdown(breakdown: dict[str, list[dict]]) -> str:
+    lines = ["\n\nheld-out accuracy by what is novel in the caption (mean over seeds; n items)\n",
+             "| model | " + " | ".join(f"{k}: pair | {k}: triple only" for k in KINDS) + " |",
+             "|---" * (2 * len(KINDS) + 1) + "|"]
+    for recipe, runs in breakdown.items():
+        cells = []
+        for k in KINDS:
+            for g in ("pair", "triple only"):
+                accs = [r[k][g]["accuracy"] for r in runs if g in r.get(k, {})]
+                cells.append(f"{statistics.fmean(accs):.1f} ({runs[0][k][g]['n']})" if accs else "-")
+        lines.append(f"| {recipe} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--recipes", nargs="+", default=["clip", "negclip", "triplet"])
     p.add_argument("--jobs", type=int, default=2, help="training jobs at a time (one torch thread each)")
-    p.add_argument("--n-train", type=int, default=5000)
+    p.add_argument("--n-train", type=int, default=15000)
     p.add_argument("--n-test", type=int, default=500)
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--preset", default="demo", help="clipneg.world preset (default: %(default)s)")
@@ -182,6 +228,9 @@ def main(argv: list[str] | None = None) -> dict:
                         "(default: %(default)s)")
     p.add_argument("--pretrain-flags", default="", help="train.py flags for every pretraining run (one string)")
     p.add_argument("--finetune-flags", default="", help="train.py flags for every fine-tune (one string)")
+    p.add_argument("--breakdown", action="store_true",
+                   help="also score each fine-tune's held-out accuracy split by what is novel in the caption "
+                        "(an unseen shape-colour pair, or only an unseen relation triple); a few seconds per model")
     args = p.parse_args(argv)
     out: Path = args.out
     (out / "logs").mkdir(parents=True, exist_ok=True)
@@ -237,8 +286,14 @@ def main(argv: list[str] | None = None) -> dict:
     goal = check_goal(table) if "clip" in table else {}
     report = {"seeds": args.seeds, "args": {k: str(v) for k, v in vars(args).items()}, "timing_s": timing,
               "table": table, "goal": goal}
+    if args.breakdown:
+        report["heldout_breakdown"] = {r: [novelty_breakdown(f"local-dir:{out / 'runs' / f'{r}_s{s}' / 'export'}",
+                                                             world / "benchmark") for s in args.seeds]
+                                       for r in args.recipes}
     (out / "summary.json").write_text(json.dumps(report, indent=1))
     text = markdown(table, goal, {k: round(v, 1) for k, v in timing.items()}) if goal else json.dumps(table)
+    if args.breakdown:
+        text += breakdown_markdown(report["heldout_breakdown"])
     (out / "summary.md").write_text(text)
     print(text)
     return report

@@ -32,7 +32,7 @@ BENCHMARKS = ("sugarcrepe", "sugarcrepe_heldout")
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
-    p.add_argument("--n-train", type=int, default=5000, help="training scenes (default 5000)")
+    p.add_argument("--n-train", type=int, default=15000, help="training scenes (default 15000)")
     p.add_argument("--n-test", type=int, default=500, help="benchmark scenes per split (default 500)")
     p.add_argument("--pretrain-steps", type=int, default=None, help="override the pretrain recipe's steps")
     p.add_argument("--finetune-steps", type=int, default=None, help="override the fine-tune recipes' steps")
