@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shlex
 import statistics
 import subprocess
@@ -103,27 +102,25 @@ def novelty_breakdown(model: str, benchmark: Path) -> dict[str, dict[str, float]
     """Held-out accuracy per kind, split by what is novel in the positive caption: a held-out (shape, colour) pair
     ("pair"), or only a held-out relation triple ("triple only"). Tells a failure to bind unseen shape-colour pairs
     apart from a failure to transfer relations. Same scorer and rule as training's evaluation."""
-    import torch
     from clipneg.eval.scorer import Scorer, ScorerConfig
     from clipneg.eval.sugarcrepe import SugarCrepeConfig, evaluate_sugarcrepe, load_sugarcrepe
 
     from clipneg.models import load_clip
+    from clipneg.world import parse_caption
 
     meta = json.loads((benchmark / "world_benchmark.json").read_text())
-    held = {(colour, shape) for shape, colour in meta["heldout"]["pairs"]}
-    colours, shapes = "|".join(meta["world"]["colours"]), "|".join(meta["world"]["shapes"])
-    mention = re.compile(rf"\b({colours}) ({shapes})\b")
+    held = {tuple(pair) for pair in meta["heldout"]["pairs"]}  # (shape, colour)
     bundle = load_clip(model)
     folder = benchmark / SPLITS[1]
     cfg = SugarCrepeConfig(json_dir=str(folder), image_dir=str(folder / "images"), name=SPLITS[1])
     scorer = Scorer(bundle.model.eval(), bundle.preprocess_val, bundle.tokenizer,
                     ScorerConfig(device="cpu", num_workers=0, progress=False))
-    with torch.no_grad():
-        result = evaluate_sugarcrepe(scorer, cfg)
+    result = evaluate_sugarcrepe(scorer, cfg)  # the scorer runs under inference_mode
     captions = {item.id: item.texts[0] for item in load_sugarcrepe(cfg)[0]}
     groups: dict[str, dict[str, list[bool]]] = {}
     for pred in result.predictions:
-        novel = "pair" if set(mention.findall(captions[pred["id"]].lower())) & held else "triple only"
+        mentions = parse_caption(captions[pred["id"]]).mentions
+        novel = "pair" if any((m.shape, m.colour) in held for m in mentions) else "triple only"
         groups.setdefault(pred["subset"], {}).setdefault(novel, []).append(bool(pred["correct"]))
     return {kind: {g: {"accuracy": 100.0 * sum(v) / len(v), "n": len(v)} for g, v in sorted(by.items())}
             for kind, by in groups.items()}
