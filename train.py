@@ -48,7 +48,7 @@ from clipneg.losses import max_logit_scale
 from clipneg.models import ClipBundle, export_local_dir, load_clip
 from clipneg.optim import build_optimizer, lr_at, set_lr
 from clipneg.schema import KIND_LIST
-from clipneg.task import ContrastiveTask
+from clipneg.task import ContrastiveTask, promote_scalar_parameters
 from clipneg.trackers import choose_trackers
 
 log = logging.getLogger("train")
@@ -137,6 +137,13 @@ def evaluate(model: torch.nn.Module, bundle: ClipBundle, ecfg: EvalConfig, devic
     return metrics
 
 
+def logit_scale(model: torch.nn.Module) -> float:
+    """exp(logit_scale); under FSDP2 the parameter is a sharded DTensor, gathered here (a collective: every process
+    logs)."""
+    p = model.logit_scale.detach()
+    return p.full_tensor().exp().item() if hasattr(p, "full_tensor") else p.exp().item()
+
+
 def retrieval_r1(scorer: Any, items: Sequence[Any]) -> dict[str, float]:
     """Image-to-text and text-to-image R@1 (%) over the unique (image, positive caption) pairs of the items."""
     pairs = list(dict.fromkeys((it.images[0], it.texts[0]) for it in items))
@@ -169,7 +176,9 @@ def export(accelerator: Accelerator, task: ContrastiveTask, bundle: ClipBundle, 
     model_cfg = bundle.model_cfg
     if full is not None:
         out_model = load_clip(cfg.model.name, seed=cfg.run.seed, force_quick_gelu=cfg.model.force_quick_gelu).model
-        out_model.load_state_dict({k[len("model."):]: v for k, v in full.items() if k.startswith("model.")})
+        shapes = {k: v.shape for k, v in out_model.state_dict().items()}
+        # reshape: under FSDP the scalar parameters were given shape [1] (task.promote_scalar_parameters)
+        out_model.load_state_dict({k[6:]: v.reshape(shapes[k[6:]]) for k, v in full.items() if k.startswith("model.")})
     else:
         out_model = accelerator.unwrap_model(task).model
     paths["export"] = str(export_local_dir(out_model, run_dir / "export", model_cfg=model_cfg, record=record))
@@ -210,9 +219,16 @@ def _train(cfg: TrainConfig, plain: dict, run_dir: Path, accelerator: Accelerato
         raise FileExistsError(f"{run_dir} already has checkpoints: pass --resume to continue it, or choose another "
                               "--run.name / --run.out_dir")
     set_seed(cfg.run.seed)
+    if accelerator.device.type == "cuda":
+        # As open_clip_train does: TF32 matrix products for the fp32 work (loss, norms) and cuDNN autotuning for the
+        # fixed-size convolutions (ResNet towers, patch embeddings).
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
     bundle = build_model(cfg)
     start = cpu_state(bundle.model) if cfg.run.wise_alpha is not None else None
     task = ContrastiveTask(bundle.model, cfg.loss, KIND_LIST)
+    if accelerator.distributed_type == DistributedType.FSDP:
+        log.info("FSDP: parameters given shape [1]: %s", promote_scalar_parameters(task))
     optimizer = build_optimizer(task.model, cfg.optim)
     task, optimizer = accelerator.prepare(task, optimizer)
     state = TrainState()
@@ -269,7 +285,7 @@ def _train(cfg: TrainConfig, plain: dict, run_dir: Path, accelerator: Accelerato
             rate = (state.samples_seen - samples_mark) / max(now - t_mark, 1e-9)
             t_mark, samples_mark = now, state.samples_seen
             metrics = {f"train/{k}": v for k, v in zip(names + ["loss"], values, strict=True)}
-            metrics.update({"train/lr": lr, "train/logit_scale": unwrapped.model.logit_scale.exp().item(),
+            metrics.update({"train/lr": lr, "train/logit_scale": logit_scale(unwrapped.model),
                             "train/samples_per_s": rate, "train/epoch": state.epoch,
                             "train/samples_seen": state.samples_seen, "train/processes": world})
             if grad_norm is not None:
@@ -297,7 +313,8 @@ def _train(cfg: TrainConfig, plain: dict, run_dir: Path, accelerator: Accelerato
         save_checkpoint(accelerator, run_dir, state.step, cfg.run.keep_last)
     accelerator.wait_for_everyone()
     result: dict[str, Any] = {"run_dir": str(run_dir), "step": state.step, "samples_seen": state.samples_seen,
-                              "samples_per_s": steady_rate, **metrics}
+                              "samples_per_s": steady_rate, "distributed_type": accelerator.distributed_type.value,
+                              **metrics}
     if cfg.run.export:
         result.update(export(accelerator, task, bundle, cfg, run_dir, start, state))
     if cfg.eval.at_end and cfg.eval.benchmarks and accelerator.is_main_process:

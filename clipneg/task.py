@@ -95,3 +95,20 @@ class ContrastiveTask(nn.Module):
         scale = getattr(self.model, "logit_scale", None)
         if scale is not None:
             scale.clamp_(0, max_value)
+
+
+def promote_scalar_parameters(module: nn.Module) -> list[str]:
+    """Give every 0-d parameter (open_clip's ``logit_scale``, SigLIP's ``logit_bias``) shape [1], in place.
+
+    FSDP2's ``fully_shard`` refuses 0-d parameters ("fully_shard doesn't support scalar parameters", seen on torch
+    2.11). open_clip only multiplies, adds or exponentiates them, so shape [1] broadcasts to the same function. Call it
+    before the optimizer is built (it holds the parameter objects); exports reshape them back (see train.export).
+    """
+    names = []
+    for prefix, mod in module.named_modules():
+        for name, p in list(mod.named_parameters(recurse=False)):
+            if p.dim() == 0:
+                setattr(mod, name, nn.Parameter(p.detach().reshape(1), requires_grad=p.requires_grad))
+                names.append(f"{prefix}.{name}" if prefix else name)
+    return names
+

@@ -347,6 +347,35 @@ def test_task_encodes_each_tower_once_and_matches_the_loss(tiny_bundle):
         torch.testing.assert_close(out[k], ref[k], rtol=1e-4, atol=1e-5)
 
 
+def test_scalar_parameters_promoted_for_fsdp2_compute_the_same_losses(tiny_bundle):
+    """FSDP2 cannot shard 0-d parameters; train.py gives them shape [1] under FSDP. Every loss term and its gradient
+    must be unchanged by that, the EMA teacher's distillation included."""
+    import copy
+    import dataclasses
+
+    from clipneg.task import ContrastiveTask, promote_scalar_parameters
+
+    g = torch.Generator().manual_seed(1)
+    b, kt = 4, 2
+    batch = {"image": torch.randn(b, 3, 32, 32, generator=g),
+             "text": tiny_bundle.tokenizer([f"a red cube {i}" for i in range(b)]),
+             "neg_text": tiny_bundle.tokenizer([f"a blue ball {i}" for i in range(b * kt)]).view(b, kt, -1),
+             "neg_text_mask": torch.ones(b, kt, dtype=torch.bool),
+             "neg_text_kind": torch.zeros(b, kt, dtype=torch.long)}
+    terms = dataclasses.replace(ALL_TERMS, distill=0.5)
+    plain = ContrastiveTask(copy.deepcopy(tiny_bundle.model), terms, KIND_LIST).eval()
+    promoted = copy.deepcopy(plain)
+    assert promote_scalar_parameters(promoted) == ["model.logit_scale", "teacher.logit_scale"]
+    assert promoted.model.logit_scale.shape == (1,) and promoted.teacher.logit_scale.requires_grad is False
+    out_a, out_b = plain(batch), promoted(batch)
+    assert out_a.keys() == out_b.keys() and "distill_loss" in out_a
+    for k in out_a:
+        torch.testing.assert_close(out_b[k], out_a[k], rtol=0, atol=0)
+    sum(out_a.values()).backward()
+    sum(out_b.values()).backward()
+    torch.testing.assert_close(promoted.model.logit_scale.grad, plain.model.logit_scale.grad.reshape(1))
+
+
 def test_lr_schedule_is_warmup_then_cosine():
     cfg = OptimConfig(lr=1.0, min_lr=0.1, warmup_steps=4)
     assert [lr_at(s, cfg, 14) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
