@@ -226,7 +226,7 @@ def _train(cfg: TrainConfig, plain: dict, run_dir: Path, accelerator: Accelerato
         torch.backends.cudnn.benchmark = True
     bundle = build_model(cfg)
     start = cpu_state(bundle.model) if cfg.run.wise_alpha is not None else None
-    task = ContrastiveTask(bundle.model, cfg.loss, KIND_LIST)
+    task = ContrastiveTask(bundle.model, cfg.loss, KIND_LIST, text_buckets=cfg.model.text_buckets)
     if accelerator.distributed_type == DistributedType.FSDP:
         log.info("FSDP: parameters given shape [1]: %s", promote_scalar_parameters(task))
     optimizer = build_optimizer(task.model, cfg.optim)
@@ -239,7 +239,10 @@ def _train(cfg: TrainConfig, plain: dict, run_dir: Path, accelerator: Accelerato
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         dump_yaml(cfg, run_dir / "config.yaml")
-    accelerator.init_trackers(cfg.run.name or "run", config=flatten(plain))
+    # W&B writes under the run folder (not the working directory); its project is the run name, as TensorBoard's
+    # sub-folder is. Accelerate passes init_kwargs only to the tracker they name.
+    accelerator.init_trackers(cfg.run.name or "run", config=flatten(plain),
+                              init_kwargs={"wandb": {"dir": str(run_dir), "name": cfg.run.name or "run"}})
     unwrapped = accelerator.unwrap_model(task)
     sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
     if sharded and cfg.eval.every:

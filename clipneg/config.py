@@ -34,6 +34,9 @@ class ModelConfig:
     name: str = "clipneg-tiny"  # open_clip name, built-in tiny config, or local-dir:PATH
     pretrained: str | None = None  # open_clip tag (e.g. openai) or a checkpoint file
     force_quick_gelu: bool = False
+    # > 0: encode captions in that many length groups, each cut at its longest caption (exact for causal text towers
+    # with end-of-text pooling; a CPU speed-up for short captions, clipneg.text_buckets). 0: open_clip's own path.
+    text_buckets: int = 0
     grad_checkpointing: bool = False  # trade compute for activation memory (open_clip's set_grad_checkpointing)
     lock_image: bool = False  # freeze the image tower except its last `lock_image_unlocked_groups` groups
     lock_image_unlocked_groups: int = 0

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from clipneg.losses import HardNegativeLoss, LossConfig, ema_update
+from clipneg.text_buckets import encode_text_bucketed, unsupported_reason
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +30,12 @@ class ContrastiveTask(nn.Module):
     saved and restored with the task's state; call :meth:`update_teacher` after each optimizer step.
     """
 
-    def __init__(self, model: nn.Module, loss_cfg: LossConfig | None = None, kinds: Sequence[str] = ()) -> None:
+    def __init__(self, model: nn.Module, loss_cfg: LossConfig | None = None, kinds: Sequence[str] = (),
+                 text_buckets: int = 0) -> None:
         super().__init__()
+        if text_buckets and (why := unsupported_reason(model)):
+            raise ValueError(f"model.text_buckets {text_buckets} cannot be used: {why}. Set model.text_buckets 0.")
+        self.text_buckets = text_buckets  # > 0: encode captions in that many length groups without their padding
         self.model = model
         self.loss_cfg = loss_cfg or LossConfig()
         self.loss = HardNegativeLoss(self.loss_cfg, kinds)
@@ -59,8 +64,8 @@ class ContrastiveTask(nn.Module):
             texts.append(neg_text.flatten(0, 1))
         if use_ni:
             images.append(neg_image.flatten(0, 1))
-        out = self.model(image=torch.cat(images) if len(images) > 1 else image,
-                         text=torch.cat(texts) if len(texts) > 1 else text)
+        out = self._encode(self.model, torch.cat(images) if len(images) > 1 else image,
+                           torch.cat(texts) if len(texts) > 1 else text)
         img_f, txt_f = out["image_features"], out["text_features"]
         feats: dict[str, Any] = {
             "image_features": img_f[:b],
@@ -79,10 +84,17 @@ class ContrastiveTask(nn.Module):
             feats["neg_image_text"] = batch.get("neg_image_text") if use_nt else None
         if self.teacher is not None:
             with torch.no_grad():
-                t_out = self.teacher(image=image, text=text)
+                t_out = self._encode(self.teacher, image, text)
             feats["teacher_image_features"] = t_out["image_features"]
             feats["teacher_text_features"] = t_out["text_features"]
         return self.loss(**feats)
+
+    def _encode(self, model: nn.Module, image: Tensor, text: Tensor) -> dict[str, Tensor]:
+        if not self.text_buckets:
+            return model(image=image, text=text)
+        return {"image_features": model.encode_image(image, normalize=True),
+                "text_features": encode_text_bucketed(model, text, self.text_buckets),
+                "logit_scale": model.logit_scale.exp()}
 
     @torch.no_grad()
     def update_teacher(self) -> None:

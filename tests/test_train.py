@@ -206,6 +206,49 @@ def test_tensorboard_receives_every_logged_scalar(shards, tmp_path):
         assert [e.value for e in logged] == pytest.approx([r[key] for r in rows], rel=1e-6)
 
 
+def _wandb_records(path: Path):
+    """The protobuf records of an offline W&B run file: a 7-byte header (":W&B", magic, version), then LevelDB log
+    blocks of 32 KiB whose chunks carry a 7-byte header (crc32, length, type: 1 full, 2 first, 3 middle, 4 last)."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data = path.read_bytes()
+    assert data[:4] == b":W&B"
+    pos, pending = 7, b""
+    while pos + 7 <= len(data):
+        if 32768 - pos % 32768 < 7:  # too little left in the block for a chunk header: zero padding
+            pos += 32768 - pos % 32768
+            continue
+        length, kind = int.from_bytes(data[pos + 4:pos + 6], "little"), data[pos + 6]
+        pending += data[pos + 7:pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):
+            record = pb.Record()
+            record.ParseFromString(pending)
+            pending = b""
+            yield record
+
+
+def test_wandb_offline_run_records_config_and_every_scalar(shards, tmp_path, monkeypatch):
+    # wandb is in the test install (Makefile: .[wandb]); offline mode writes the run under <run dir>/wandb/.
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    train.main(tiny_args(shards, tmp_path, "wb", "--run.steps", "3", "--run.export", "false",
+                         "--run.trackers", "[wandb]", "--optim.lr", "3e-4"))
+    files = list((tmp_path / "wb" / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(files) == 1
+    records = list(_wandb_records(files[0]))
+    # a key holding "/" is stored as its parts (nested_key)
+    history = [{"_step": r.history.step.num, **{i.key or "/".join(i.nested_key): json.loads(i.value_json)
+                                                for i in r.history.item}} for r in records if r.HasField("history")]
+    config = {i.key: json.loads(i.value_json) for r in records if r.HasField("config") for i in r.config.update}
+    rows = read_jsonl(tmp_path / "wb" / "log.jsonl")
+    assert [h["_step"] for h in history] == [r["step"] for r in rows] == [1, 2, 3]
+    for h, r in zip(history, rows, strict=True):
+        for key in ("train/loss", "train/contrastive_loss", "train/lr", "train/samples_per_s"):
+            assert h[key] == pytest.approx(r[key], rel=1e-6), key
+    assert config["optim.lr"] == 3e-4 and config["run.name"] == "wb" and config["data.batch_size"] == 8
+
+
 def test_tracker_choice(monkeypatch, tmp_path):
     from clipneg import trackers
 
