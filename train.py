@@ -178,7 +178,8 @@ def export(accelerator: Accelerator, task: ContrastiveTask, bundle: ClipBundle, 
         out_model = load_clip(cfg.model.name, seed=cfg.run.seed, force_quick_gelu=cfg.model.force_quick_gelu).model
         shapes = {k: v.shape for k, v in out_model.state_dict().items()}
         # reshape: under FSDP the scalar parameters were given shape [1] (task.promote_scalar_parameters)
-        out_model.load_state_dict({k[6:]: v.reshape(shapes[k[6:]]) for k, v in full.items() if k.startswith("model.")})
+        tuned = {k.removeprefix("model."): v for k, v in full.items() if k.startswith("model.")}
+        out_model.load_state_dict({k: v.reshape(shapes[k]) for k, v in tuned.items()})
     else:
         out_model = accelerator.unwrap_model(task).model
     paths["export"] = str(export_local_dir(out_model, run_dir / "export", model_cfg=model_cfg, record=record))

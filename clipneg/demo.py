@@ -94,9 +94,9 @@ def run(args: argparse.Namespace) -> int:
 
     log.info("pretraining the tiny CLIP with the plain loss")
     threads = max(1, (os.cpu_count() or 1))
-    # One compute thread and one loader worker, as bench/world_gain.py pretrains: a process per core. On 2 cores, 2
+    # One core for the loader worker, the rest for compute (bench/world_gain.py pretrains the same way). On 2 cores, 2
     # compute threads + 1 worker took 199 s for the 600 steps, 1 thread + 2 workers 171 s, 1 thread + 1 worker 151 s.
-    pretrained = _train("pretrain", out, world, args.seed, args.pretrain_steps, None, 1, workers=1)
+    pretrained = _train("pretrain", out, world, args.seed, args.pretrain_steps, None, max(1, threads - 1), workers=1)
 
     log.info("fine-tuning from it: %s", ", ".join(args.recipes))
     model = f"local-dir:{pretrained}"

@@ -123,4 +123,3 @@ def promote_scalar_parameters(module: nn.Module) -> list[str]:
                 setattr(mod, name, nn.Parameter(p.detach().reshape(1), requires_grad=p.requires_grad))
                 names.append(f"{prefix}.{name}" if prefix else name)
     return names
-
