@@ -66,6 +66,8 @@ def build_model(cfg: TrainConfig) -> ClipBundle:
                               freeze_layer_norm=m.lock_text_freeze_layer_norm)
     if m.grad_checkpointing:
         model.set_grad_checkpointing(True)
+    if m.channels_last:
+        model.visual.to(memory_format=torch.channels_last)
     return bundle
 
 
@@ -227,7 +229,8 @@ def _train(cfg: TrainConfig, plain: dict, run_dir: Path, accelerator: Accelerato
         torch.backends.cudnn.benchmark = True
     bundle = build_model(cfg)
     start = cpu_state(bundle.model) if cfg.run.wise_alpha is not None else None
-    task = ContrastiveTask(bundle.model, cfg.loss, KIND_LIST, text_buckets=cfg.model.text_buckets)
+    task = ContrastiveTask(bundle.model, cfg.loss, KIND_LIST, text_buckets=cfg.model.text_buckets,
+                           channels_last=cfg.model.channels_last)
     if accelerator.distributed_type == DistributedType.FSDP:
         log.info("FSDP: parameters given shape [1]: %s", promote_scalar_parameters(task))
     optimizer = build_optimizer(task.model, cfg.optim)

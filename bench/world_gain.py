@@ -1,7 +1,7 @@
 """Does hard-negative fine-tuning fix composition on the built-in world? The measurement behind the demo's claim.
 
     python bench/world_gain.py --out /tmp/world_gain              # 3 seeds, 2 jobs in parallel (2-core CPU)
-    python bench/world_gain.py --out /tmp/world_gain --breakdown  # + held-out accuracy by what is novel
+    python bench/world_gain.py --out /tmp/world_gain --breakdown  # + accuracy by novelty and by edit
     python bench/world_gain.py --out /tmp/wg_vit --model '{"vision_cfg": {"width": 128}}'   # clipneg-tiny's ViT, wider
     python bench/world_gain.py --out /tmp/wg --seeds 0 --recipes clip triplet --finetune-steps 100   # a quick look
 
@@ -98,32 +98,47 @@ def custom_model(folder: Path, overrides: dict) -> Path:
     return export_local_dir(model, folder, model_cfg=cfg, record={"overrides": overrides})
 
 
-def novelty_breakdown(model: str, benchmark: Path) -> dict[str, dict[str, float]]:
-    """Held-out accuracy per kind, split by what is novel in the positive caption: a held-out (shape, colour) pair
-    ("pair"), or only a held-out relation triple ("triple only"). Tells a failure to bind unseen shape-colour pairs
-    apart from a failure to transfer relations. Same scorer and rule as training's evaluation."""
+def breakdown(model: str, benchmark: Path) -> dict[str, dict[str, dict[str, dict[str, float]]]]:
+    """Accuracy per split and kind in groups that tell failures apart (same scorer and rule as training's evaluation):
+
+    - held-out items by what is novel in the positive caption: a held-out (shape, colour) pair ("pair"), or only a
+      held-out relation triple ("triple only"): binding unseen pairs vs transferring relations;
+    - replace_rel items by the edit, on both splits: the converse relation ("converse": "left of" -> "right of", which
+      only the order of the two objects tells apart) or a relation on the other axis ("axis": "left of" -> "above",
+      which the layout of the pair tells apart).
+    """
     from clipneg.eval.scorer import Scorer, ScorerConfig
     from clipneg.eval.sugarcrepe import SugarCrepeConfig, evaluate_sugarcrepe, load_sugarcrepe
 
     from clipneg.models import load_clip
     from clipneg.world import parse_caption
+    from clipneg.world.vocab import INVERSE
 
     meta = json.loads((benchmark / "world_benchmark.json").read_text())
     held = {tuple(pair) for pair in meta["heldout"]["pairs"]}  # (shape, colour)
     bundle = load_clip(model)
-    folder = benchmark / SPLITS[1]
-    cfg = SugarCrepeConfig(json_dir=str(folder), image_dir=str(folder / "images"), name=SPLITS[1])
     scorer = Scorer(bundle.model.eval(), bundle.preprocess_val, bundle.tokenizer,
                     ScorerConfig(device="cpu", num_workers=0, progress=False))
-    result = evaluate_sugarcrepe(scorer, cfg)  # the scorer runs under inference_mode
-    captions = {item.id: item.texts[0] for item in load_sugarcrepe(cfg)[0]}
-    groups: dict[str, dict[str, list[bool]]] = {}
-    for pred in result.predictions:
-        mentions = parse_caption(captions[pred["id"]]).mentions
-        novel = "pair" if any((m.shape, m.colour) in held for m in mentions) else "triple only"
-        groups.setdefault(pred["subset"], {}).setdefault(novel, []).append(bool(pred["correct"]))
-    return {kind: {g: {"accuracy": 100.0 * sum(v) / len(v), "n": len(v)} for g, v in sorted(by.items())}
-            for kind, by in groups.items()}
+    out = {}
+    for split in SPLITS:
+        folder = benchmark / split
+        cfg = SugarCrepeConfig(json_dir=str(folder), image_dir=str(folder / "images"), name=split)
+        result = evaluate_sugarcrepe(scorer, cfg)  # the scorer runs under inference_mode
+        texts = {item.id: item.texts for item in load_sugarcrepe(cfg)[0]}
+        groups: dict[str, dict[str, list[bool]]] = {}
+        for pred in result.predictions:
+            pos, neg = (parse_caption(t) for t in texts[pred["id"]][:2])
+            names = []
+            if split == SPLITS[1]:
+                names.append("pair" if any((m.shape, m.colour) in held for m in pos.mentions) else "triple only")
+            if pred["subset"] == "replace_rel":
+                edited = [(f, g) for f, g in zip(pos.facts, neg.facts, strict=True) if f.rel != g.rel]
+                names.append("converse" if INVERSE[edited[0][0].rel] == edited[0][1].rel else "axis")
+            for name in names:
+                groups.setdefault(pred["subset"], {}).setdefault(name, []).append(bool(pred["correct"]))
+        out[split] = {kind: {g: {"accuracy": 100.0 * sum(v) / len(v), "n": len(v)} for g, v in sorted(by.items())}
+                      for kind, by in groups.items()}
+    return out
 
 
 def summarise(results: dict[str, list[dict]]) -> dict:
@@ -189,17 +204,22 @@ def markdown(table: dict, goal: dict, timing: dict) -> str:
     return "\n".join(lines)
 
 
-def breakdown_markdown(breakdown: dict[str, list[dict]]) -> str:
+def breakdown_markdown(found: dict[str, list[dict]]) -> str:
+    def cell(runs: list[dict], split: str, kind: str, group: str) -> str:
+        accs = [r[split][kind][group]["accuracy"] for r in runs if group in r[split].get(kind, {})]
+        n = next((r[split][kind][group]["n"] for r in runs if group in r[split].get(kind, {})), 0)
+        return f"{statistics.fmean(accs):.1f} ({n})" if accs else "-"
+
+    novel = [(k, g) for k in KINDS for g in ("pair", "triple only")]
     lines = ["\n\nheld-out accuracy by what is novel in the caption (mean over seeds; n items)\n",
-             "| model | " + " | ".join(f"{k}: pair | {k}: triple only" for k in KINDS) + " |",
-             "|---" * (2 * len(KINDS) + 1) + "|"]
-    for recipe, runs in breakdown.items():
-        cells = []
-        for k in KINDS:
-            for g in ("pair", "triple only"):
-                accs = [r[k][g]["accuracy"] for r in runs if g in r.get(k, {})]
-                cells.append(f"{statistics.fmean(accs):.1f} ({runs[0][k][g]['n']})" if accs else "-")
-        lines.append(f"| {recipe} | " + " | ".join(cells) + " |")
+             "| model | " + " | ".join(f"{k}: {g}" for k, g in novel) + " |", "|---" * (len(novel) + 1) + "|"]
+    lines += [f"| {recipe} | " + " | ".join(cell(runs, SPLITS[1], k, g) for k, g in novel) + " |"
+              for recipe, runs in found.items()]
+    edits = [(s, g) for s in SPLITS for g in ("converse", "axis")]
+    lines += ["\nreplace_rel by edit: the converse relation, or one on the other axis (mean over seeds; n items)\n",
+              "| model | " + " | ".join(f"{s}: {g}" for s, g in edits) + " |", "|---" * (len(edits) + 1) + "|"]
+    lines += [f"| {recipe} | " + " | ".join(cell(runs, s, "replace_rel", g) for s, g in edits) + " |"
+              for recipe, runs in found.items()]
     return "\n".join(lines)
 
 
@@ -226,8 +246,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--pretrain-flags", default="", help="train.py flags for every pretraining run (one string)")
     p.add_argument("--finetune-flags", default="", help="train.py flags for every fine-tune (one string)")
     p.add_argument("--breakdown", action="store_true",
-                   help="also score each fine-tune's held-out accuracy split by what is novel in the caption "
-                        "(an unseen shape-colour pair, or only an unseen relation triple); a few seconds per model")
+                   help="also score each fine-tune's accuracy in groups: held-out items by what is novel in the "
+                        "caption (an unseen shape-colour pair, or only an unseen relation triple), and replace_rel "
+                        "by its edit (the converse relation, or one on the other axis); a few seconds per model")
     args = p.parse_args(argv)
     out: Path = args.out
     (out / "logs").mkdir(parents=True, exist_ok=True)
@@ -284,13 +305,12 @@ def main(argv: list[str] | None = None) -> dict:
     report = {"seeds": args.seeds, "args": {k: str(v) for k, v in vars(args).items()}, "timing_s": timing,
               "table": table, "goal": goal}
     if args.breakdown:
-        report["heldout_breakdown"] = {r: [novelty_breakdown(f"local-dir:{out / 'runs' / f'{r}_s{s}' / 'export'}",
-                                                             world / "benchmark") for s in args.seeds]
-                                       for r in args.recipes}
+        report["breakdown"] = {r: [breakdown(f"local-dir:{out / 'runs' / f'{r}_s{s}' / 'export'}", world / "benchmark")
+                                   for s in args.seeds] for r in args.recipes}
     (out / "summary.json").write_text(json.dumps(report, indent=1))
     text = markdown(table, goal, {k: round(v, 1) for k, v in timing.items()}) if goal else json.dumps(table)
     if args.breakdown:
-        text += breakdown_markdown(report["heldout_breakdown"])
+        text += breakdown_markdown(report["breakdown"])
     (out / "summary.md").write_text(text)
     print(text)
     return report

@@ -31,11 +31,12 @@ class ContrastiveTask(nn.Module):
     """
 
     def __init__(self, model: nn.Module, loss_cfg: LossConfig | None = None, kinds: Sequence[str] = (),
-                 text_buckets: int = 0) -> None:
+                 text_buckets: int = 0, channels_last: bool = False) -> None:
         super().__init__()
         if text_buckets and (why := unsupported_reason(model)):
             raise ValueError(f"model.text_buckets {text_buckets} cannot be used: {why}. Set model.text_buckets 0.")
         self.text_buckets = text_buckets  # > 0: encode captions in that many length groups without their padding
+        self.channels_last = channels_last  # images go to the image tower in NHWC layout
         self.model = model
         self.loss_cfg = loss_cfg or LossConfig()
         self.loss = HardNegativeLoss(self.loss_cfg, kinds)
@@ -64,8 +65,10 @@ class ContrastiveTask(nn.Module):
             texts.append(neg_text.flatten(0, 1))
         if use_ni:
             images.append(neg_image.flatten(0, 1))
-        out = self._encode(self.model, torch.cat(images) if len(images) > 1 else image,
-                           torch.cat(texts) if len(texts) > 1 else text)
+        all_images = torch.cat(images) if len(images) > 1 else image
+        if self.channels_last:
+            all_images = all_images.contiguous(memory_format=torch.channels_last)
+        out = self._encode(self.model, all_images, torch.cat(texts) if len(texts) > 1 else text)
         img_f, txt_f = out["image_features"], out["text_features"]
         feats: dict[str, Any] = {
             "image_features": img_f[:b],
