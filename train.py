@@ -66,8 +66,6 @@ def build_model(cfg: TrainConfig) -> ClipBundle:
                               freeze_layer_norm=m.lock_text_freeze_layer_norm)
     if m.grad_checkpointing:
         model.set_grad_checkpointing(True)
-    if m.channels_last:
-        model.visual.to(memory_format=torch.channels_last)
     return bundle
 
 

@@ -22,6 +22,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from clipneg.checkpoints import cpu_state
 from clipneg.models import load_clip
 from clipneg.world import Renderer, World, world_config
 
@@ -93,26 +94,27 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     torch.set_num_threads(1)
+    bundle = load_clip(args.model)
+    model = bundle.model
+    start = cpu_state(model)  # every probe starts from the checkpoint's weights
+    size = model.visual.image_size
+    world = World(world_config(args.preset, image_size=size[0] if isinstance(size, tuple) else size))
+    renderer = Renderer(world.cfg)
+    colours = list(world.cfg.colours)
     results: dict = {}
     for tower in args.towers:
-        bundle = load_clip(args.model)
-        model = bundle.model
-        size = model.visual.image_size
-        world = World(world_config(args.preset, image_size=size[0] if isinstance(size, tuple) else size))
-        colours = list(world.cfg.colours)
         data = {}
         for split, n in (("train", args.n_train), ("test", args.n_test)):
             exs = scenes(world, split, n, need_caption=tower == "text")
             y = torch.tensor([left_colour(ex, colours) for ex in exs])
             if tower == "image":
-                renderer = Renderer(world.cfg)
                 x = torch.stack([bundle.preprocess_val(Image.fromarray(renderer.render(ex.scene))) for ex in exs])
             else:
                 x = bundle.tokenizer([ex.text for ex in exs])
             data[split] = (x, y)
         results[tower] = {}
         for mode in ("frozen", "trained"):
-            model.load_state_dict(load_clip(args.model).model.state_dict())  # each mode starts from the checkpoint
+            model.load_state_dict(start)
             params = [p for n, p in model.named_parameters()
                       if (n.startswith("visual.") == (tower == "image"))] if mode == "trained" else []
             encode = make_encoder(model, tower, mode == "trained")

@@ -36,7 +36,10 @@ class ContrastiveTask(nn.Module):
         if text_buckets and (why := unsupported_reason(model)):
             raise ValueError(f"model.text_buckets {text_buckets} cannot be used: {why}. Set model.text_buckets 0.")
         self.text_buckets = text_buckets  # > 0: encode captions in that many length groups without their padding
-        self.channels_last = channels_last  # images go to the image tower in NHWC layout
+        # NHWC layout for the image tower's weights and the images it is given: the same function, faster convolutions
+        self.channels_last = channels_last
+        if channels_last:
+            model.visual.to(memory_format=torch.channels_last)
         self.model = model
         self.loss_cfg = loss_cfg or LossConfig()
         self.loss = HardNegativeLoss(self.loss_cfg, kinds)

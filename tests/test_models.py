@@ -109,10 +109,8 @@ def test_channels_last_resnet_task_gives_the_same_losses_and_gradients():
     cfg = LossConfig(hard_negative=1.0, triplet=1.0, neg_image_columns=True)
     tasks = []
     for channels_last in (False, True):
-        model = load_clip("clipneg-tiny-rn", seed=0).model.train()
-        if channels_last:
-            model.visual.to(memory_format=torch.channels_last)
-        task = ContrastiveTask(model, cfg, KIND_LIST, channels_last=channels_last)
+        task = ContrastiveTask(load_clip("clipneg-tiny-rn", seed=0).model.train(), cfg, KIND_LIST,
+                               channels_last=channels_last)
         losses = task(batch)
         sum(losses.values()).backward()
         tasks.append((task, losses))
