@@ -230,13 +230,20 @@ def _wandb_records(path: Path):
 
 def test_wandb_offline_run_records_config_and_every_scalar(shards, tmp_path, monkeypatch):
     # wandb is in the test install (Makefile: .[wandb]); offline mode writes the run under <run dir>/wandb/.
+    import wandb
+
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     train.main(tiny_args(shards, tmp_path, "wb", "--run.steps", "3", "--run.export", "false",
                          "--run.trackers", "[wandb]", "--optim.lr", "3e-4"))
+    # run.finish() returns before wandb-core's writer has flushed and closed the run file (its log says "stream:
+    # finishing up" after the client's "restore done"); on a loaded CI machine the history records were not yet on
+    # disk. teardown() waits for the service to exit, which closes every stream.
+    wandb.teardown()
     files = list((tmp_path / "wb" / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(files) == 1
     records = list(_wandb_records(files[0]))
+    assert records[-1].HasField("exit")  # the file is whole: the exit record is written last
     # a key holding "/" is stored as its parts (nested_key)
     history = [{"_step": r.history.step.num, **{i.key or "/".join(i.nested_key): json.loads(i.value_json)
                                                 for i in r.history.item}} for r in records if r.HasField("history")]
