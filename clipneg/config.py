@@ -116,6 +116,14 @@ class TrainConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
+    def __post_init__(self) -> None:
+        if self.loss.paraphrase > 0 and not self.data.paraphrases:
+            raise ValueError("loss.paraphrase > 0 needs data.paraphrases true (the loader then carries one paraphrase "
+                             "per caption)")
+        if self.loss.paraphrase > 0 and self.data.k_para_neg == 0:
+            raise ValueError("loss.paraphrase > 0 needs data.k_para_neg > 0: the paraphrase is contrasted with its "
+                             "word-order negatives")
+
 
 class ConfigError(ValueError):
     """A config file or flag that does not fit the schema; the message names the key and the fix."""

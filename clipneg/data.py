@@ -5,6 +5,8 @@ batch = {"image": [B,3,H,W], "text": [B,L], "neg_text": [B,Kt,L], "neg_text_mask
          "neg_text_kind": [B,Kt] (index into clipneg.schema.KIND_LIST, -1 if empty), "neg_image": [B,Ki,3,H,W],
          "neg_image_mask": [B,Ki] bool, "neg_image_text": [B,Ki] (slot in neg_text it depicts, -1 if none),
          "key": list[str]}
+# with data.paraphrases: "para_text": [B,L] (one paraphrase of the caption), "para_mask": [B] bool (False: none),
+#                        "para_neg": [B,Kp,L] (its word-order negatives), "para_neg_mask": [B,Kp] bool
 ```
 
 K is fixed and missing negatives are masked, so shapes are static whatever a sample carries.
@@ -61,6 +63,10 @@ class LoaderConfig:
     kind_schedule: tuple[KindPhase, ...] | None = None
     # Prefer negative images that depict one of the chosen negative captions (the TripletCLIP pair).
     pair_images_with_texts: bool = True
+    # One of the caption's paraphrases (neg.json "paraphrases") per sample as "para_text" with up to k_para_neg of its
+    # word-order negatives as "para_neg", for the loss's paraphrase term; masks mark what a caption lacks.
+    paraphrases: bool = False
+    k_para_neg: int = 2
     num_workers: int = 2
     # open_clip's training transform (RandomResizedCrop, scale 0.9-1) or, when false, the evaluation transform. At
     # 32 px the crop's bicubic resampling blurs a small object's colour into its shape and shifts the layout; on the
@@ -77,8 +83,8 @@ class LoaderConfig:
             unknown = set(weights) - KINDS
             if unknown:
                 raise ValueError(f"unknown negative kinds {sorted(unknown)} in loader weights; known: {sorted(KINDS)}")
-        if self.k_text < 0 or self.k_image < 0 or self.batch_size < 1:
-            raise ValueError("k_text and k_image must be >= 0 and batch_size >= 1")
+        if self.k_text < 0 or self.k_image < 0 or self.k_para_neg < 0 or self.batch_size < 1:
+            raise ValueError("k_text, k_image and k_para_neg must be >= 0 and batch_size >= 1")
 
 
 def weights_at(cfg: LoaderConfig, step: int) -> Mapping[str, float] | None:
@@ -150,10 +156,13 @@ class NegativeDecoder:
         rng = random.Random(f"{cfg.seed}:{self.epoch}:{key}")
         text_idx, image_idx = select_negatives(neg, cfg.k_text, cfg.k_image, weights_at(cfg, step), rng,
                                                cfg.pair_images_with_texts)
-        tokens = self.tokenizer([caption] + [neg["texts"][i]["text"] for i in text_idx])
+        # Drawn after the negatives, so switching paraphrases on leaves the negatives' draw as it was.
+        para = rng.choice(neg["paraphrases"]) if cfg.paraphrases and neg.get("paraphrases") else None
+        para_texts = [para["text"], *para.get("negatives", [])[: cfg.k_para_neg]] if para else []
+        tokens = self.tokenizer([caption] + [neg["texts"][i]["text"] for i in text_idx] + para_texts)
         L = tokens.shape[1]
         neg_text = torch.zeros(cfg.k_text, L, dtype=tokens.dtype)
-        neg_text[: len(text_idx)] = tokens[1:]
+        neg_text[: len(text_idx)] = tokens[1: 1 + len(text_idx)]
         kind = torch.full((cfg.k_text,), -1, dtype=torch.long)
         kind[: len(text_idx)] = torch.tensor([KIND_ID[neg["texts"][i]["kind"]] for i in text_idx], dtype=torch.long)
         image = self.preprocess(_decode_image(raw[ext]))
@@ -164,6 +173,12 @@ class NegativeDecoder:
             meta = neg["images"][i]
             neg_image[j] = self.preprocess(_decode_image(raw[meta["member"]]))
             neg_image_text[j] = slot.get(meta.get("text"), -1)
+        extra = {}
+        if cfg.paraphrases:
+            para_tokens = torch.zeros(1 + cfg.k_para_neg, L, dtype=tokens.dtype)
+            para_tokens[: len(para_texts)] = tokens[1 + len(text_idx):]
+            extra = {"para_text": para_tokens[0], "para_mask": torch.tensor(para is not None),
+                     "para_neg": para_tokens[1:], "para_neg_mask": torch.arange(cfg.k_para_neg) < len(para_texts) - 1}
         return {
             "key": key,
             "image": image,
@@ -174,6 +189,7 @@ class NegativeDecoder:
             "neg_image": neg_image,
             "neg_image_mask": torch.arange(cfg.k_image) < len(image_idx),
             "neg_image_text": neg_image_text,
+            **extra,
         }
 
 

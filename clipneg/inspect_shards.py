@@ -56,7 +56,7 @@ def summarize(spec: str) -> dict[str, Any]:
     text_kinds: Counter = Counter()
     image_kinds: Counter = Counter()
     gens: Counter = Counter()
-    with_neg = 0
+    with_neg = paraphrases = 0
     for s in iter_samples(spec):
         if isinstance(s, tuple):
             invalid.append({"key": s[0], "error": s[1]})
@@ -67,7 +67,8 @@ def summarize(spec: str) -> dict[str, Any]:
         image_kinds.update(im.kind for im in s.neg_images)
         gens.update(t.gen for t in s.neg_texts)
         gens.update(im.gen for im in s.neg_images)
-    return {"samples": n, "samples_with_negatives": with_neg, "invalid": invalid,
+        paraphrases += len(s.paraphrases)
+    return {"samples": n, "samples_with_negatives": with_neg, "paraphrases": paraphrases, "invalid": invalid,
             "neg_text_kinds": dict(sorted(text_kinds.items())), "neg_image_kinds": dict(sorted(image_kinds.items())),
             "generators": dict(sorted(gens.items()))}
 
@@ -86,10 +87,13 @@ def _card(s: Sample) -> str:
         f'<figure>{_img(im.data, im.ext, im.kind)}<figcaption><span class="kind">{e(im.kind)}</span> '
         f'{e(s.neg_texts[im.text].text) if im.text is not None else "(no caption)"}</figcaption></figure>'
         for im in s.neg_images)
+    paras = "".join(f'<li><span class="kind">paraphrase</span> {e(p.text)} <span class="gen">{e(p.gen)}</span></li>'
+                    + "".join(f'<li><span class="kind">word order</span> {e(n)}</li>' for n in p.negatives)
+                    for p in s.paraphrases)
     return (f'<div class="card"><div class="key">{e(s.key)}</div>'
             f'<div class="row"><figure>{_img(s.image, s.image_ext)}'
             f'<figcaption class="pos">{e(s.caption)}</figcaption></figure>{imgs}</div>'
-            f'<ul>{negs or "<li><i>no negative captions</i></li>"}</ul></div>')
+            f'<ul>{paras}{negs or "<li><i>no negative captions</i></li>"}</ul></div>')
 
 
 STYLE = """body{font-family:system-ui,sans-serif;margin:1.5em;background:#fafafa;color:#222}
@@ -120,6 +124,7 @@ def write_gallery(spec: str, out: str | Path, *, limit: int = 48, summary: dict[
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>clipneg: {html.escape(str(spec))}</title>"
             f"<style>{STYLE}</style></head><body><h1>clipneg shards</h1><p>{html.escape(str(spec))}: "
             f"{summary['samples']} samples, {summary['samples_with_negatives']} with negatives, "
+            f"{summary['paraphrases']} paraphrases, "
             f"{len(summary['invalid'])} invalid.</p>"
             f"{_count_table('negative caption kind', summary['neg_text_kinds'])}"
             f"{_count_table('negative image kind', summary['neg_image_kinds'])}"

@@ -19,6 +19,10 @@ Inputs (local to one process; B anchors, Kt negative captions and Ki negative im
 | ``neg_image_text``           | [B, Ki] long | which negative caption each negative image depicts, -1 if none       |
 | ``teacher_image_features``   | [B, D]       | EMA-teacher features for the distillation term (no gradient)         |
 | ``teacher_text_features``    | [B, D]       | idem for captions                                                    |
+| ``paraphrase_features``      | [B, D]       | a paraphrase of each caption (same meaning, other words)             |
+| ``paraphrase_mask``          | [B] bool     | False where the caption has no paraphrase                            |
+| ``paraphrase_neg_features``  | [B, Kp, D]   | captions in the same words whose order makes them false              |
+| ``paraphrase_neg_mask``      | [B, Kp] bool | False where the slot is padding                                      |
 
 Terms (PROTOCOLS.md section 5; s = logit scale, cos = dot product of normalised features):
 
@@ -35,6 +39,13 @@ Terms (PROTOCOLS.md section 5; s = logit scale, cos = dot product of normalised 
   adaptive threshold tau = mean s cos(I,T) - mean s cos(I,T') over the global batch for each kind of negative,
   detached and clamped to [0, rank_max_threshold].
 - ``distill_loss`` (DeGLA, 2025): MSE between student and EMA-teacher image and text features.
+- ``paraphrase_loss`` (ours; text only): the per-sample term twice, with the caption T as anchor over [its paraphrase
+  P, the word-order negatives N], and with P as anchor over [T, N], averaged (same focal weighting and smoothing).
+  For T = "a left of b": P = "b right of a", N = "a right of b", "b left of a": all four hold the same words, so
+  only word order passes it. Why it is needed: the cross-modal terms pass order from one tower to the other only,
+  and both start without it (a saddle); on the built-in world converse relations stayed at chance under every recipe
+  until the text tower was given order this way. Contrasting P with the caption's own negatives instead (of which
+  only some are converses) did not start it (docs/BENCHMARKS.md, session 6).
 
 Per-kind weights: a weight w on a negative counts it w times: in a softmax its logit gets + log w (w = 0 drops it),
 in the ranking hinge and as a triplet anchor its term is multiplied by w. Kinds not listed weigh 1.
@@ -81,10 +92,13 @@ class LossConfig:
     rank_max_threshold: float = 10.0
     distill: float = 0.0  # DeGLA feature distillation (0.005)
     distill_ema: float = 0.9996  # teacher decay per optimizer step
+    paraphrase: float = 0.0  # caption <-> paraphrase against word-order negatives (text only; data.paraphrases)
+    paraphrase_scale: float | None = None  # logit scale of that term; None: the model's learned one
     kind_weights: dict[str, float] = field(default_factory=dict)  # weight per negative kind; unlisted kinds weigh 1
 
     def __post_init__(self) -> None:
-        for name in ("contrastive", "triplet", "hard_negative", "rank", "distill", "focal_gamma", "label_smoothing"):
+        for name in ("contrastive", "triplet", "hard_negative", "rank", "distill", "paraphrase", "focal_gamma",
+                     "label_smoothing"):
             if getattr(self, name) < 0:
                 raise ValueError(f"loss.{name} must be >= 0 (got {getattr(self, name)})")
         if not 0.0 <= self.label_smoothing < 1.0:
@@ -205,6 +219,10 @@ class HardNegativeLoss(nn.Module):
         neg_image_text: Tensor | None = None,
         teacher_image_features: Tensor | None = None,
         teacher_text_features: Tensor | None = None,
+        paraphrase_features: Tensor | None = None,
+        paraphrase_mask: Tensor | None = None,
+        paraphrase_neg_features: Tensor | None = None,
+        paraphrase_neg_mask: Tensor | None = None,
         **_: object,
     ) -> dict[str, Tensor]:
         cfg = self.cfg
@@ -241,6 +259,17 @@ class HardNegativeLoss(nn.Module):
             out["distill_loss"] = cfg.distill * (
                 F.mse_loss(img, teacher_image_features.float()) + F.mse_loss(txt, teacher_text_features.float())
             )
+        if cfg.paraphrase > 0:
+            if paraphrase_features is None or paraphrase_neg_features is None:
+                raise ValueError("loss.paraphrase > 0 needs paraphrase_features and paraphrase_neg_features "
+                                 "(set data.paraphrases true)")
+            para, pneg = paraphrase_features.float(), paraphrase_neg_features.float()
+            # Weight 0 where a negative slot is padding or the caption has no paraphrase: such anchors leave the mean.
+            pw = (paraphrase_neg_mask.to(pneg.device, torch.bool)
+                  & paraphrase_mask.to(pneg.device, torch.bool).unsqueeze(1)).to(torch.float32)
+            ps = s if cfg.paraphrase_scale is None else torch.tensor(cfg.paraphrase_scale, device=s.device)
+            out["paraphrase_loss"] = cfg.paraphrase * (self._per_sample(txt, para, ps, pneg, pw)
+                                                       + self._per_sample(para, txt, ps, pneg, pw)) / 2
         return out
 
     # -- terms ------------------------------------------------------------------------------------------------------

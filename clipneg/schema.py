@@ -7,7 +7,9 @@ One webdataset sample is a set of tar members sharing a key (ARCHITECTURE.md, "S
 | ``jpg|png|webp``  | positive image, source bytes unchanged                                      |
 | ``txt``           | positive caption, UTF-8                                                     |
 | ``json``          | source metadata passed through untouched (optional)                         |
-| ``neg.json``      | ``{"v": 1, "texts": [...], "images": [...]}`` negatives with provenance      |
+| ``neg.json``      | ``{"v": 1, "texts": [...], "images": [...], "paraphrases": [...]}``          |
+|                   | negatives, and rewordings of the caption that keep its meaning, with        |
+|                   | provenance ("paraphrases" is optional)                                      |
 | ``negimg.{j}.jpg``| j-th negative image; ``images[j].text`` is the negative caption it depicts  |
 
 Everything here is pure Python so writers, readers and validators agree without importing torch.
@@ -87,6 +89,24 @@ class NegText:
 
 
 @dataclass(frozen=True)
+class Paraphrase:
+    """A caption that says exactly what the positive says in other words ("b right of a" for "a left of b"), and
+    ``negatives``: captions in the same words whose order makes them false ("a right of b", "b left of a").
+
+    Bags of words cannot tell the caption and its paraphrase from these, so the paraphrase term (clipneg.losses)
+    teaches the text tower word order.
+    """
+
+    text: str
+    gen: str
+    seed: int | None = None
+    negatives: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"text": self.text, "gen": self.gen, "seed": self.seed, "negatives": list(self.negatives)}
+
+
+@dataclass(frozen=True)
 class NegImage:
     """A negative (counterfactual) image; ``text`` indexes the negative caption it depicts, None if it depicts none."""
 
@@ -115,6 +135,7 @@ class Sample:
     meta: dict[str, Any] | None = None
     neg_texts: list[NegText] = field(default_factory=list)
     neg_images: list[NegImage] = field(default_factory=list)
+    paraphrases: list[Paraphrase] = field(default_factory=list)
 
     def validate(self) -> None:
         validate_key(self.key)
@@ -130,6 +151,15 @@ class Sample:
                 raise SchemaError(f"{self.key}: empty negative caption ({t.kind}, {t.gen})")
             if t.text.strip() == self.caption.strip():
                 raise SchemaError(f"{self.key}: negative caption equals the positive ({t.kind}, {t.gen})")
+        negatives = {t.text.strip() for t in self.neg_texts}
+        for p in self.paraphrases:
+            if not p.text.strip() or p.text.strip() == self.caption.strip():
+                raise SchemaError(f"{self.key}: a paraphrase must be non-empty and differ from the caption ({p.gen})")
+            if p.text.strip() in negatives | {n.strip() for n in p.negatives}:
+                raise SchemaError(f"{self.key}: paraphrase {p.text!r} is also a negative caption ({p.gen})")
+            if any(not n.strip() or n.strip() == self.caption.strip() for n in p.negatives):
+                raise SchemaError(f"{self.key}: a paraphrase's negatives must be non-empty and differ from the "
+                                  f"caption ({p.gen})")
         for j, im in enumerate(self.neg_images):
             _check_kind(im.kind)
             if im.ext not in IMAGE_EXTS:
@@ -153,13 +183,15 @@ def sample_to_members(sample: Sample) -> dict[str, Any]:
     members: dict[str, Any] = {"__key__": sample.key, sample.image_ext: sample.image, "txt": sample.caption}
     if sample.meta is not None:
         members["json"] = json.dumps(sample.meta, sort_keys=True).encode()
-    if sample.neg_texts or sample.neg_images:
+    if sample.neg_texts or sample.neg_images or sample.paraphrases:
         images = []
         for j, im in enumerate(sample.neg_images):
             member = neg_image_member(j, im.ext)
             members[member] = im.data
             images.append(im.to_json(member))
         neg = {"v": SCHEMA_VERSION, "texts": [t.to_json() for t in sample.neg_texts], "images": images}
+        if sample.paraphrases:
+            neg["paraphrases"] = [p.to_json() for p in sample.paraphrases]
         members["neg.json"] = json.dumps(neg, sort_keys=True).encode()
     return members
 
@@ -183,7 +215,13 @@ def parse_neg_json(raw: bytes | str | dict) -> dict[str, Any]:
         _check_kind(im["kind"])
         if im.get("text") is not None and not 0 <= im["text"] < len(texts):
             raise SchemaError(f"neg.json image {im['member']} depicts caption {im['text']} of {len(texts)}")
-    return {"v": SCHEMA_VERSION, "texts": texts, "images": images}
+    paraphrases = neg.get("paraphrases", [])
+    for p in paraphrases:
+        if not isinstance(p.get("text"), str) or "gen" not in p:
+            raise SchemaError(f"neg.json paraphrase entry needs text and gen: {p}")
+        if not all(isinstance(n, str) for n in p.get("negatives", [])):
+            raise SchemaError(f"neg.json paraphrase negatives must be strings: {p}")
+    return {"v": SCHEMA_VERSION, "texts": texts, "images": images, "paraphrases": paraphrases}
 
 
 def members_to_sample(members: dict[str, Any]) -> Sample:
@@ -202,9 +240,12 @@ def members_to_sample(members: dict[str, Any]) -> Sample:
     meta = json.loads(as_bytes(members["json"])) if "json" in members else None
     neg_texts: list[NegText] = []
     neg_images: list[NegImage] = []
+    paraphrases: list[Paraphrase] = []
     if "neg.json" in members:
         neg = parse_neg_json(as_bytes(members["neg.json"]))
         neg_texts = [NegText(t["text"], t["kind"], t["gen"], t.get("seed"), t.get("score")) for t in neg["texts"]]
+        paraphrases = [Paraphrase(p["text"], p["gen"], p.get("seed"), tuple(p.get("negatives", [])))
+                       for p in neg["paraphrases"]]
         for im in neg["images"]:
             member = im["member"]
             if member not in members:
@@ -216,6 +257,6 @@ def members_to_sample(members: dict[str, Any]) -> Sample:
                 )
             )
     sample = Sample(key, as_bytes(members[ext]), ext, as_bytes(members["txt"]).decode("utf-8"), meta, neg_texts,
-                    neg_images)
+                    neg_images, paraphrases)
     sample.validate()
     return sample

@@ -68,6 +68,11 @@ class ContrastiveTask(nn.Module):
             texts.append(neg_text.flatten(0, 1))
         if use_ni:
             images.append(neg_image.flatten(0, 1))
+        if cfg.paraphrase > 0:
+            if "para_text" not in batch:
+                raise ValueError("loss.paraphrase > 0 needs the loader's paraphrases: set data.paraphrases true (and "
+                                 "write shards whose neg.json carries paraphrases, as `clipneg world` does)")
+            texts += [batch["para_text"], batch["para_neg"].flatten(0, 1)]
         all_images = torch.cat(images) if len(images) > 1 else image
         if self.channels_last:
             all_images = all_images.contiguous(memory_format=torch.channels_last)
@@ -80,9 +85,15 @@ class ContrastiveTask(nn.Module):
         }
         if use_nt:
             kt = neg_text.shape[1]
-            feats["neg_text_features"] = txt_f[b:].view(b, kt, -1)
+            feats["neg_text_features"] = txt_f[b:b + b * kt].view(b, kt, -1)
             feats["neg_text_mask"] = batch.get("neg_text_mask")
             feats["neg_text_kind"] = batch.get("neg_text_kind")
+        if cfg.paraphrase > 0:
+            n, kp = txt_f.shape[0], batch["para_neg"].shape[1]  # the paraphrases and their negatives come last
+            feats["paraphrase_features"] = txt_f[n - b * (1 + kp):n - b * kp]
+            feats["paraphrase_neg_features"] = txt_f[n - b * kp:].view(b, kp, -1)
+            feats["paraphrase_mask"] = batch["para_mask"]
+            feats["paraphrase_neg_mask"] = batch["para_neg_mask"]
         if use_ni:
             ki = neg_image.shape[1]
             feats["neg_image_features"] = img_f[b:].view(b, ki, -1)

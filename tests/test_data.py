@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
 from clipneg.data import KindPhase, LoaderConfig, build_loader, loader_config_from_dict, weights_at
-from clipneg.schema import KIND_ID, NegImage, NegText, Sample
+from clipneg.schema import KIND_ID, NegImage, NegText, Paraphrase, Sample
 from clipneg.shards import write_shards
 from tests.conftest import image_bytes
 
@@ -16,7 +18,11 @@ def _samples(n: int):
         texts = [NegText(f"caption {i} edited by {k}", k, "test", i) for k in KINDS[: 1 + i % 4]]
         images = [NegImage(image_bytes((j * 60, i % 256, 0)), "png", t.kind, "test", i, text=j)
                   for j, t in enumerate(texts)]
-        yield Sample(f"s{i:04d}", image_bytes((i % 256, 0, 0)), "png", f"caption {i}", None, texts, images)
+        paraphrases = [Paraphrase(f"caption {i} in other words {j}", "test", i,
+                                  tuple(f"caption {i} order negative {j}.{n}" for n in range(j + 1)))
+                       for j in range(i % 3)]
+        yield Sample(f"s{i:04d}", image_bytes((i % 256, 0, 0)), "png", f"caption {i}", None, texts, images,
+                     paraphrases)
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +82,37 @@ def test_batch_contract_masks_and_pairing(shards, tiny_bundle):
             std = torch.tensor(tiny_bundle.preprocess_val.transforms[-1].std).view(3, 1, 1)
             red = float((batch["neg_image"][b, j] * std + mean)[0].mean() * 255)
             assert abs(red - KINDS.index(kind) * 60) < 2
+
+
+def test_paraphrases_ride_along_without_changing_the_negatives(shards, tiny_bundle):
+    """data.paraphrases adds one of each caption's paraphrases ("para_text", "para_mask" False where it has none) with
+    its word-order negatives ("para_neg", up to k_para_neg, "para_neg_mask"), and leaves the rest of the batch as it
+    was."""
+    cfg = LoaderConfig(shards=shards, batch_size=48, k_text=3, k_image=2, num_workers=0, drop_last=False,
+                       shuffle_buffer=0)
+    load = lambda c: next(iter(build_loader(c, preprocess=tiny_bundle.preprocess_val,  # noqa: E731
+                                            tokenizer=tiny_bundle.tokenizer)))
+    plain, para = load(cfg), load(dataclasses.replace(cfg, paraphrases=True))
+    assert "para_text" not in plain and para["para_text"].shape == (48, 32) and para["para_neg"].shape == (48, 2, 32)
+    for k, v in plain.items():
+        assert v == para[k] if k == "key" else torch.equal(v, para[k]), k
+    chosen = set()
+    for b, key in enumerate(para["key"]):
+        i = int(key[1:])
+        assert bool(para["para_mask"][b]) == (i % 3 > 0)
+        if i % 3 == 0:
+            assert not para["para_text"][b].any() and not para["para_neg"][b].any()
+            assert not para["para_neg_mask"][b].any()
+            continue
+        options = tiny_bundle.tokenizer([f"caption {i} in other words {j}" for j in range(i % 3)])
+        match = [j for j in range(i % 3) if torch.equal(para["para_text"][b], options[j])]
+        assert len(match) == 1
+        j = match[0]
+        chosen.add((i % 3, j))
+        negs = tiny_bundle.tokenizer([f"caption {i} order negative {j}.{n}" for n in range(j + 1)])
+        assert para["para_neg_mask"][b].tolist() == [n <= j for n in range(2)]
+        assert torch.equal(para["para_neg"][b, : j + 1], negs)
+    assert (2, 0) in chosen and (2, 1) in chosen  # a caption with two paraphrases may get either
 
 
 def test_kind_weights_restrict_kinds(shards, tiny_bundle):

@@ -19,7 +19,8 @@ def test_demo_runs_the_whole_loop(tmp_path, capsys):
     for label in ("pretrain", "clip", "negclip"):
         assert f"| {label} |" in report
     assert (out / "report" / "plots" / "sugarcrepe-world-heldout.png").stat().st_size > 1000
-    assert "negative caption kind" in (out / "gallery.html").read_text()
+    gallery = (out / "gallery.html").read_text()
+    assert "negative caption kind" in gallery and '<span class="kind">paraphrase</span>' in gallery
     result = json.loads((out / "results" / "sugarcrepe-world" / "negclip.json").read_text())
     assert result["model"]["activation"] == "gelu"
     assert 0 <= result["metrics"]["macro"] <= 100

@@ -31,8 +31,10 @@ TERMS = {
     "per_sample_fsc": LossConfig(contrastive=0.0, hard_negative=0.5, focal_gamma=2.0, label_smoothing=0.02),
     "rank": LossConfig(contrastive=0.0, rank=0.2),
     "distill": LossConfig(contrastive=0.0, distill=0.5),
+    "paraphrase": LossConfig(contrastive=0.0, paraphrase=1.0),
     "all": LossConfig(neg_text_columns=True, neg_image_columns=True, triplet=1.0, hard_negative=0.5, focal_gamma=2.0,
-                      label_smoothing=0.02, rank=0.2, distill=0.005, kind_weights={"replace_rel": 2.0}),
+                      label_smoothing=0.02, rank=0.2, distill=0.005, paraphrase=0.5,
+                      kind_weights={"replace_rel": 2.0}),
 }
 
 
@@ -41,6 +43,8 @@ def global_batch() -> dict[str, torch.Tensor]:
     a, b = make_batch(seed=0), make_batch(seed=10)
     batch = {k: (torch.cat([a[k], b[k]]) if k != "logit_scale" else a[k]) for k in a}
     batch["neg_text_mask"][6:, :2] = False  # the second process has far fewer valid negatives
+    batch["paraphrase_mask"][6:9] = False  # and fewer paraphrases
+    batch["paraphrase_neg_mask"][6:, 1] = False
     batch["teacher_image_features"] = torch.roll(batch["image_features"], 1, 0)
     batch["teacher_text_features"] = torch.roll(batch["text_features"], 1, 0)
     return batch

@@ -5,6 +5,7 @@ Given / When / Then in each test's docstring where the setup is not obvious.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import open_clip
@@ -21,7 +22,7 @@ B, KT, KI, D = 6, 3, 2, 16
 SCALE = torch.tensor(14.0)
 
 ALL_TERMS = LossConfig(neg_text_columns=True, neg_image_columns=True, triplet=1.0, hard_negative=0.5, focal_gamma=2.0,
-                       label_smoothing=0.02, rank=0.2)
+                       label_smoothing=0.02, rank=0.2, paraphrase=0.5)
 # One config per term that reads negatives, so each is checked on its own.
 NEG_TERMS = {
     "negclip": LossConfig(neg_text_columns=True),
@@ -30,6 +31,7 @@ NEG_TERMS = {
     "per_sample": LossConfig(contrastive=0.0, hard_negative=1.0),
     "per_sample_fsc": LossConfig(contrastive=0.0, hard_negative=0.5, focal_gamma=2.0, label_smoothing=0.02),
     "rank": LossConfig(contrastive=0.0, rank=1.0),
+    "paraphrase": LossConfig(contrastive=0.0, paraphrase=1.0),
 }
 
 
@@ -51,6 +53,11 @@ def make_batch(seed: int = 0) -> dict[str, torch.Tensor]:
         "neg_image_features": unit(B, KI, D, seed=seed + 3),
         "neg_image_mask": torch.rand(B, KI, generator=g) > 0.2,
         "neg_image_text": torch.tensor([[0, 1], [2, -1], [1, 0], [0, 2], [-1, -1], [1, 2]]),
+        "paraphrase_features": unit(B, D, seed=seed + 4),
+        "paraphrase_mask": torch.tensor([True, True, False, True, True, True]),
+        "paraphrase_neg_features": unit(B, 2, D, seed=seed + 5),
+        "paraphrase_neg_mask": torch.tensor([[True, True], [True, False], [True, True], [False, False], [True, True],
+                                             [False, True]]),
     }
 
 
@@ -106,6 +113,41 @@ def test_per_sample_term_is_cross_entropy_over_own_negatives():
     img, txt, neg = batch["image_features"], batch["text_features"], batch["neg_text_features"]
     logits = SCALE * torch.cat([(img * txt).sum(-1, keepdim=True), torch.einsum("bd,bkd->bk", img, neg)], 1)
     torch.testing.assert_close(out["hard_negative_loss"], F.cross_entropy(logits, torch.zeros(B, dtype=torch.long)))
+
+
+@pytest.mark.parametrize("scale", [None, 50.0])
+def test_paraphrase_term_contrasts_caption_and_paraphrase_with_word_order_negatives(scale):
+    """Per caption with a paraphrase: (CE from T over [P, valid N] + CE from P over [T, valid N]) / 2, averaged over
+    the captions that have one, at the model's logit scale or ``paraphrase_scale``; the others, and every masked slot,
+    neither give nor get a gradient through it."""
+    batch = make_batch()
+    cfg = dataclasses.replace(NEG_TERMS["paraphrase"], paraphrase_scale=scale)
+    s = SCALE if scale is None else scale
+    out, grads = run(cfg, batch)
+    txt, para, neg = batch["text_features"], batch["paraphrase_features"], batch["paraphrase_neg_features"]
+    losses = []
+    for i in range(B):
+        valid = batch["paraphrase_neg_mask"][i]
+        if batch["paraphrase_mask"][i] and valid.any():
+            for anchor, pos in ((txt[i], para[i]), (para[i], txt[i])):
+                logits = s * torch.cat([(anchor * pos).sum(-1, keepdim=True), neg[i][valid] @ anchor])
+                losses.append(F.cross_entropy(logits[None], torch.zeros(1, dtype=torch.long)) / 2)
+    n_anchors = sum(bool(batch["paraphrase_mask"][i] and batch["paraphrase_neg_mask"][i].any()) for i in range(B))
+    assert n_anchors == 4
+    torch.testing.assert_close(out["paraphrase_loss"], torch.stack(losses).sum() / n_anchors)
+    # text only, and nothing from the caption's own negatives
+    for k in ("image_features", "neg_image_features", "neg_text_features"):
+        assert grads[k].abs().max() == 0, k
+    assert grads["paraphrase_features"][2].abs().max() == 0 and grads["text_features"][2].abs().max() == 0
+    assert grads["paraphrase_features"][0].abs().max() > 0 and grads["paraphrase_neg_features"][0].abs().max() > 0
+    keep = batch["paraphrase_mask"][:, None] & batch["paraphrase_neg_mask"]
+    assert grads["paraphrase_neg_features"][~keep].abs().max() == 0
+    changed = dict(batch, paraphrase_features=torch.where(batch["paraphrase_mask"][:, None],
+                                                          batch["paraphrase_features"], unit(B, D, seed=79)),
+                   paraphrase_neg_features=torch.where(keep[..., None], neg, unit(B, 2, D, seed=80)))
+    torch.testing.assert_close(run(cfg, changed)[0]["paraphrase_loss"], out["paraphrase_loss"], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="data.paraphrases"):
+        run(NEG_TERMS["paraphrase"], {k: v for k, v in batch.items() if not k.startswith("paraphrase")})
 
 
 def test_focal_and_label_smoothing_follow_fsc_clip():
@@ -196,6 +238,8 @@ def test_masked_negative_changes_nothing(name):
                                                unit(B, KT, D, seed=77))
     changed["neg_image_features"] = torch.where(batch["neg_image_mask"][..., None], batch["neg_image_features"],
                                                 unit(B, KI, D, seed=78))
+    changed["paraphrase_neg_features"] = torch.where(batch["paraphrase_neg_mask"][..., None],
+                                                     batch["paraphrase_neg_features"], unit(B, 2, D, seed=81))
     other, g_other = run(cfg, changed)
     for k in base:
         torch.testing.assert_close(base[k], other[k], rtol=0, atol=1e-6)
@@ -245,6 +289,10 @@ def test_harder_negative_raises_loss(name):
     if name == "triplet":  # its anchors are the negative images: harder = their original caption nears them
         hard = dict(batch)
         hard["text_features"] = F.normalize(batch["neg_image_features"][:, 0] + 0.2 * batch["text_features"], -1)
+    if name == "paraphrase":  # its anchors are the caption and its paraphrase: harder = a negative nears the caption
+        hard = dict(batch, paraphrase_neg_features=batch["paraphrase_neg_features"].clone())
+        hard["paraphrase_neg_features"][:, 0] = F.normalize(
+            batch["text_features"] + 0.2 * batch["paraphrase_neg_features"][:, 0], -1)
     harder, _ = run(cfg, hard)
     term = next(iter(easy))
     assert harder[term] > easy[term] + 1e-3, (name, easy[term].item(), harder[term].item())
@@ -255,9 +303,11 @@ def test_gradients_reach_negative_features(name):
     cfg = NEG_TERMS[name]
     _, grads = run(cfg, make_batch())
     uses_images = name in ("neg_image_columns", "triplet")
-    uses_texts = name != "neg_image_columns"
+    uses_texts = name not in ("neg_image_columns", "paraphrase")
     if uses_texts:
         assert grads["neg_text_features"].abs().sum() > 0
+    if name == "paraphrase":
+        assert grads["paraphrase_neg_features"].abs().sum() > 0
     if uses_images:
         assert grads["neg_image_features"].abs().sum() > 0
     assert all(torch.isfinite(g).all() for g in grads.values())
@@ -275,7 +325,7 @@ def test_no_valid_negative_gives_zero_not_nan():
 def test_all_terms_together_are_finite_under_bf16_features():
     batch = {k: (v.bfloat16() if k.endswith("_features") else v) for k, v in make_batch().items()}
     out, grads = run(ALL_TERMS, batch)
-    assert set(out) == {"contrastive_loss", "triplet_loss", "hard_negative_loss", "rank_loss"}
+    assert set(out) == {"contrastive_loss", "triplet_loss", "hard_negative_loss", "rank_loss", "paraphrase_loss"}
     assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in out.values())
 
 
@@ -329,6 +379,10 @@ def test_task_encodes_each_tower_once_and_matches_the_loss(tiny_bundle):
         "neg_image": torch.randn(b, ki, 3, 32, 32, generator=g),
         "neg_image_mask": torch.ones(b, ki, dtype=torch.bool),
         "neg_image_text": torch.zeros(b, ki, dtype=torch.long),
+        "para_text": tiny_bundle.tokenizer([f"a cube {i} that is red" for i in range(b)]),
+        "para_mask": torch.tensor([True, False, True, True]),
+        "para_neg": tiny_bundle.tokenizer([f"a cube {i} that is blue" for i in range(b * 2)]).view(b, 2, -1),
+        "para_neg_mask": torch.tensor([[True, True], [True, True], [True, False], [True, True]]),
     }
     counting = CountingClip(model)
     task = ContrastiveTask(counting, ALL_TERMS, KIND_LIST).eval()
@@ -342,7 +396,11 @@ def test_task_encodes_each_tower_once_and_matches_the_loss(tiny_bundle):
             neg_text_features=model.encode_text(batch["neg_text"].flatten(0, 1), normalize=True).view(b, kt, -1),
             neg_text_mask=batch["neg_text_mask"], neg_text_kind=batch["neg_text_kind"],
             neg_image_features=model.encode_image(batch["neg_image"].flatten(0, 1), normalize=True).view(b, ki, -1),
-            neg_image_mask=batch["neg_image_mask"], neg_image_text=batch["neg_image_text"])
+            neg_image_mask=batch["neg_image_mask"], neg_image_text=batch["neg_image_text"],
+            paraphrase_features=model.encode_text(batch["para_text"], normalize=True),
+            paraphrase_neg_features=model.encode_text(batch["para_neg"].flatten(0, 1), normalize=True).view(b, 2, -1),
+            paraphrase_mask=batch["para_mask"], paraphrase_neg_mask=batch["para_neg_mask"])
+    assert "paraphrase_loss" in ref
     for k in ref:
         torch.testing.assert_close(out[k], ref[k], rtol=1e-4, atol=1e-5)
 
@@ -351,7 +409,6 @@ def test_scalar_parameters_promoted_for_fsdp2_compute_the_same_losses(tiny_bundl
     """FSDP2 cannot shard 0-d parameters; train.py gives them shape [1] under FSDP. Every loss term and its gradient
     must be unchanged by that, the EMA teacher's distillation included."""
     import copy
-    import dataclasses
 
     from clipneg.task import ContrastiveTask, promote_scalar_parameters
 
@@ -361,7 +418,11 @@ def test_scalar_parameters_promoted_for_fsdp2_compute_the_same_losses(tiny_bundl
              "text": tiny_bundle.tokenizer([f"a red cube {i}" for i in range(b)]),
              "neg_text": tiny_bundle.tokenizer([f"a blue ball {i}" for i in range(b * kt)]).view(b, kt, -1),
              "neg_text_mask": torch.ones(b, kt, dtype=torch.bool),
-             "neg_text_kind": torch.zeros(b, kt, dtype=torch.long)}
+             "neg_text_kind": torch.zeros(b, kt, dtype=torch.long),
+             "para_text": tiny_bundle.tokenizer([f"a cube {i} that is red" for i in range(b)]),
+             "para_mask": torch.ones(b, dtype=torch.bool),
+             "para_neg": tiny_bundle.tokenizer([f"a cube {i} that is blue" for i in range(b)]).view(b, 1, -1),
+             "para_neg_mask": torch.ones(b, 1, dtype=torch.bool)}
     terms = dataclasses.replace(ALL_TERMS, distill=0.5)
     plain = ContrastiveTask(copy.deepcopy(tiny_bundle.model), terms, KIND_LIST).eval()
     promoted = copy.deepcopy(plain)
@@ -414,6 +475,10 @@ def test_config_layers_defaults_yaml_and_flags(tmp_path):
     with pytest.raises(ConfigError, match="mixed_precision"):
         parse_args(["--run.mixed_precision", "fp8"])
     assert to_dict(cfg)["optim"]["betas"] == [0.9, 0.98]
+    with pytest.raises(ConfigError, match="needs data.paraphrases true"):
+        parse_args(["--loss.paraphrase", "1"])
+    with pytest.raises(ConfigError, match="needs data.k_para_neg > 0"):
+        parse_args(["--loss.paraphrase", "1", "--data.paraphrases", "true", "--data.k_para_neg", "0"])
 
 
 def _dump(tmp_path, plain):

@@ -4,7 +4,17 @@ import json
 
 import pytest
 
-from clipneg.schema import NegImage, NegText, Sample, SchemaError, members_to_sample, sample_to_members, validate_key
+from clipneg.schema import (
+    NegImage,
+    NegText,
+    Paraphrase,
+    Sample,
+    SchemaError,
+    members_to_sample,
+    parse_neg_json,
+    sample_to_members,
+    validate_key,
+)
 from tests.conftest import image_bytes
 
 
@@ -13,7 +23,9 @@ def _sample(**kw) -> Sample:
                 meta={"src": 1},
                 neg_texts=[NegText("a red cube left of a circle", "swap_obj", "world", 7),
                            NegText("a blue circle left of a cube", "replace_att", "rules", 7, 0.5)],
-                neg_images=[NegImage(image_bytes((0, 0, 200)), "png", "replace_att", "world", 7, text=1)])
+                neg_images=[NegImage(image_bytes((0, 0, 200)), "png", "replace_att", "world", 7, text=1)],
+                paraphrases=[Paraphrase("a cube right of a red circle", "world", 7,
+                                        ("a red circle right of a cube", "a cube left of a red circle"))])
     base.update(kw)
     return Sample(**base)
 
@@ -38,8 +50,16 @@ def test_members_round_trip_keeps_provenance():
     assert neg["images"] == [{"member": "negimg.0.png", "kind": "replace_att", "gen": "world", "seed": 7, "text": 1}]
     assert neg["texts"][1] == {"text": "a blue circle left of a cube", "kind": "replace_att", "gen": "rules",
                                "seed": 7, "score": 0.5}
+    assert neg["paraphrases"] == [{"text": "a cube right of a red circle", "gen": "world", "seed": 7,
+                                   "negatives": ["a red circle right of a cube", "a cube left of a red circle"]}]
     back = members_to_sample(members)
     assert back == s
+    # paraphrases are optional: a neg.json written before them parses to an empty list
+    old = {k: v for k, v in neg.items() if k != "paraphrases"}
+    assert parse_neg_json(json.dumps(old))["paraphrases"] == []
+    assert members_to_sample({**members, "neg.json": json.dumps(old).encode()}).paraphrases == []
+    with pytest.raises(SchemaError, match="paraphrase entry needs text and gen"):
+        parse_neg_json(json.dumps({**old, "paraphrases": [{"text": "x"}]}))
 
 
 @pytest.mark.parametrize(
@@ -50,6 +70,12 @@ def test_members_round_trip_keeps_provenance():
         (dict(neg_texts=[NegText("a red circle left of a cube", "swap_obj", "g")], neg_images=[]), "equals the pos"),
         (dict(neg_texts=[NegText("x", "made_up", "g")], neg_images=[]), "unknown negative kind"),
         (dict(neg_images=[NegImage(b"x", "png", "swap_att", "g", text=5)]), "depicts caption 5"),
+        (dict(paraphrases=[Paraphrase("a red circle left of a cube", "g")]), "differ from the caption"),
+        (dict(paraphrases=[Paraphrase("a red cube left of a circle", "g")]), "is also a negative caption"),
+        (dict(paraphrases=[Paraphrase("a cube right of a red circle", "g", None, ("a cube right of a red circle",))]),
+         "is also a negative caption"),
+        (dict(paraphrases=[Paraphrase("a cube right of a red circle", "g", None, ("a red circle left of a cube",))]),
+         "negatives must be non-empty and differ from the caption"),
     ],
 )
 def test_schema_violations_are_named(change, message):

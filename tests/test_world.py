@@ -35,8 +35,8 @@ from clipneg.world import (
     world_config,
     write_train_shards,
 )
-from clipneg.world.captions import PREFIXES
-from clipneg.world.vocab import COLOURS, REL_WORDS, SHAPES, SIZES
+from clipneg.world.captions import PREFIXES, Caption, restate
+from clipneg.world.vocab import COLOURS, INVERSE, REL_WORDS, SHAPES, SIZES
 
 N_TRAIN, N_TEST = 300, 150
 
@@ -143,6 +143,37 @@ def test_parse_inverts_render(examples: dict[str, list]) -> None:
     for bad in ("a red circle left of", "the red circle", "a orange circle", "a red circle left of a blue blob"):
         with pytest.raises(CaptionParseError):
             parse_caption(bad)
+
+
+def test_paraphrase_restates_the_caption_exactly(examples: dict[str, list]) -> None:
+    """The paraphrase states the same facts from the other end and is true of the scene; its negatives are false of
+    it; all of them (one fact: also the converse negative "a R' b") hold the caption's words up to the relation."""
+    n_one = n_chain = 0
+    for ex in examples["train"]:
+        desc = ex.caption.desc
+        if not desc.facts:
+            assert ex.paraphrase is None and ex.paraphrase_negatives == ()
+            continue
+        words = lambda text: sorted(re.findall(r"\w+", text.lower()))  # noqa: E731
+        assert len(ex.paraphrase_negatives) in (1, 2)
+        for n in ex.paraphrase_negatives:
+            assert not scene_satisfies(ex.scene, parse_caption(n), strict=False), n
+            assert words(n) in (words(ex.text), words(ex.paraphrase)), n
+        back = parse_caption(ex.paraphrase)
+        assert back == restate(desc) and restate(back) == desc and ex.paraphrase != ex.text
+        assert scene_satisfies(ex.scene, back, strict=True)
+        assert len(back.mentions) == len(desc.mentions) and set(back.mentions) == set(desc.mentions)
+        if len(desc.facts) == 1:
+            n_one += 1
+            (f,) = desc.facts
+            assert back.mentions[:2] == desc.mentions[1::-1] and back.facts == (Fact(0, INVERSE[f.rel], 1),)
+            converse = Caption(Description(desc.mentions, (Fact(0, INVERSE[f.rel], 1),)), ex.caption.style).text
+            assert words(converse) == words(ex.paraphrase)
+        else:
+            n_chain += 1
+            assert back.mentions[:3] == desc.mentions[2::-1]
+    assert n_one > 50 and n_chain > 20
+    assert restate(Description((Mention("circle"),))) is None
 
 
 def test_several_phrasings_occur(examples: dict[str, list]) -> None:
@@ -388,6 +419,9 @@ def test_shard_round_trip_with_negatives(world: World, renderer: Renderer, tmp_p
             pos = np.asarray(Image.open(io.BytesIO(members["png"])).convert("RGB"))
             assert (pos == renderer.render(ex.scene)).all()
             assert members["txt"].decode() == ex.text
+            assert neg.get("paraphrases", []) == ([{"text": ex.paraphrase, "gen": "world", "seed": ex.seed,
+                                                    "negatives": list(ex.paraphrase_negatives)}]
+                                                  if ex.paraphrase else [])
             sample = members_to_sample({"__key__": key, **members})
             assert len(sample.neg_images) == len(sample.neg_texts) == len(ex.negatives)
             n_negs += len(ex.negatives)

@@ -202,6 +202,31 @@ def converse(fact: Fact) -> Fact:
     return Fact(fact.b, INVERSE[fact.rel], fact.a)
 
 
+def restate(desc: Description) -> Description | None:
+    """The same description stated from the other end: "a R b" -> "b R' a", and a chain "a R1 b, and the b is R2 c"
+    -> "c R2' b, and the b is R1' a" (R' the converse); extra mentions keep their place. None without facts.
+
+    It is true of exactly the scenes the original is true of, and it holds the same words as the converse negative
+    "a R' b", so only word order tells the two apart (the paraphrase of the shard schema).
+    """
+    if not desc.facts:
+        return None
+    n = len(desc.facts) + 1
+    mentions = desc.mentions[:n][::-1] + desc.mentions[n:]
+    facts = tuple(Fact(k, INVERSE[f.rel], k + 1) for k, f in enumerate(reversed(desc.facts)))
+    return Description(mentions, facts)
+
+
+def order_negatives(desc: Description) -> tuple[Description, ...]:
+    """``desc`` and ``restate(desc)`` with every relation turned in place ("a R' b" and "b R a" for "a R b"): the
+    words of the paraphrase and of the caption, in an order that says otherwise. Where mentions repeat ("a circle
+    left of a circle") one may still be true of the scene; the caller checks. () without facts."""
+    if not desc.facts:
+        return ()
+    return tuple(Description(d.mentions, tuple(Fact(f.a, INVERSE[f.rel], f.b) for f in d.facts))
+                 for d in (desc, restate(desc)))
+
+
 # ---- canonical meaning ---------------------------------------------------------------------------------------
 
 FIELDS: tuple[str, ...] = ("size", "colour", "shape", "relation")

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from clipneg.schema import NegImage, NegText, Sample
+from clipneg.schema import NegImage, NegText, Paraphrase, Sample
 from clipneg.world.captions import Description, Fact, Mention, scene_satisfies
 from clipneg.world.generate import Example, World
 from clipneg.world.negatives import KINDS
@@ -46,6 +46,8 @@ def example_to_sample(ex: Example, renderer: Renderer, *, negatives: bool = True
         meta={"gen": GEN, "split": ex.split, "index": ex.index, "seed": ex.seed, "scene": ex.scene.to_json()},
     )
     if negatives:
+        if ex.paraphrase is not None:  # shards "with negatives" carry everything the hard-negative terms read
+            sample.paraphrases.append(Paraphrase(ex.paraphrase, GEN, ex.seed, ex.paraphrase_negatives))
         for j, neg in enumerate(ex.negatives):
             sample.neg_texts.append(NegText(neg.text, neg.kind, GEN, seed=ex.seed))
             data = encode_image(renderer.render(neg.scene), fmt, png_level=level)

@@ -24,6 +24,8 @@ from clipneg.world.captions import (
     Mention,
     Style,
     converse,
+    order_negatives,
+    restate,
     scene_satisfies,
 )
 from clipneg.world.config import WorldConfig
@@ -51,6 +53,19 @@ class Example:
     @property
     def key(self) -> str:
         return f"world_{self.split}_{self.index:08d}"
+
+    @property
+    def paraphrase(self) -> str | None:
+        """The caption restated from its other end (captions.restate), in the caption's style; None without facts."""
+        desc = restate(self.caption.desc)
+        return None if desc is None else Caption(desc, self.caption.style).text
+
+    @property
+    def paraphrase_negatives(self) -> tuple[str, ...]:
+        """The caption's and the paraphrase's words in an order that is false of the scene (captions.order_negatives),
+        in the caption's style."""
+        return tuple(Caption(d, self.caption.style).text for d in order_negatives(self.caption.desc)
+                     if not scene_satisfies(self.scene, d, strict=False))
 
 
 def _zipf(n: int, a: float, order: np.ndarray) -> np.ndarray:
@@ -216,6 +231,8 @@ def check_example(ex: Example) -> list[str]:
     problems = []
     if not scene_satisfies(ex.scene, ex.caption.desc, strict=True):
         problems.append(f"positive is not true of its scene: {ex.text!r}")
+    if ex.paraphrase is not None and not scene_satisfies(ex.scene, restate(ex.caption.desc), strict=True):
+        problems.append(f"paraphrase {ex.paraphrase!r} is not true of the scene")
     for neg in ex.negatives:
         if neg.text == ex.text:
             problems.append(f"{neg.kind}: negative equals the positive")
