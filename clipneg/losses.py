@@ -260,9 +260,10 @@ class HardNegativeLoss(nn.Module):
                 F.mse_loss(img, teacher_image_features.float()) + F.mse_loss(txt, teacher_text_features.float())
             )
         if cfg.paraphrase > 0:
-            if paraphrase_features is None or paraphrase_neg_features is None:
-                raise ValueError("loss.paraphrase > 0 needs paraphrase_features and paraphrase_neg_features "
-                                 "(set data.paraphrases true)")
+            if any(x is None for x in (paraphrase_features, paraphrase_mask, paraphrase_neg_features,
+                                       paraphrase_neg_mask)):
+                raise ValueError("loss.paraphrase > 0 needs paraphrase_features, paraphrase_mask, "
+                                 "paraphrase_neg_features and paraphrase_neg_mask (set data.paraphrases true)")
             para, pneg = paraphrase_features.float(), paraphrase_neg_features.float()
             # Weight 0 where a negative slot is padding or the caption has no paraphrase: such anchors leave the mean.
             pw = (paraphrase_neg_mask.to(pneg.device, torch.bool)
