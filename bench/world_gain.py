@@ -67,13 +67,13 @@ def run_job(cmd: list[str], log: Path) -> float:
     return time.perf_counter() - t0
 
 
-def train_cmd(recipe: str, out: Path, name: str, seed: int, world: Path, steps: int | None, batch: int,
+def train_cmd(recipe: str, out: Path, name: str, seed: int, world: Path, steps: int | None, batch: int | None,
               extra: list[str], workers: int = 0) -> list[str]:
     benches = "[" + ", ".join(str(world / "benchmark" / s) for s in SPLITS) + "]"
     return [sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "configs" / f"demo_world_{recipe}.yaml"),
             "--data.shards", str(world / "shards"), "--data.num_workers", str(workers),
-            "--data.batch_size", str(batch), "--data.seed", str(seed), "--run.seed", str(seed),
-            *(["--run.steps", str(steps)] if steps else []),
+            "--data.seed", str(seed), "--run.seed", str(seed),
+            *(["--data.batch_size", str(batch)] if batch else []), *(["--run.steps", str(steps)] if steps else []),
             "--run.out_dir", str(out / "runs"), "--run.name", name, "--run.progress", "false",
             "--eval.benchmarks", benches, *extra]
 
@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> dict:
                                                             "preset (default: %(default)s)")
     p.add_argument("--pretrain-steps", type=int, default=None, help="default: the pretrain recipe's")
     p.add_argument("--finetune-steps", type=int, default=None, help="default: the recipes' (all equal)")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=None, help="every job's batch (default: each recipe's own)")
     p.add_argument("--pretrain-seed", type=int, default=0,
                    help="one pretrained model shared by every fine-tune seed; -1 pretrains once per seed")
     p.add_argument("--model", default=DEFAULT_MODEL,
