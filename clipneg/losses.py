@@ -103,6 +103,9 @@ class LossConfig:
                 raise ValueError(f"loss.{name} must be >= 0 (got {getattr(self, name)})")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"loss.label_smoothing must be in [0, 1) (got {self.label_smoothing})")
+        if self.paraphrase_scale is not None and self.paraphrase_scale <= 0:
+            raise ValueError(f"loss.paraphrase_scale must be > 0, or null for the model's logit scale "
+                             f"(got {self.paraphrase_scale})")
         if not 0.0 <= self.distill_ema < 1.0:
             raise ValueError(f"loss.distill_ema must be in [0, 1) (got {self.distill_ema})")
         bad = {k: w for k, w in self.kind_weights.items() if w < 0}

@@ -340,6 +340,10 @@ def test_distill_term_and_config_errors():
         HardNegativeLoss(LossConfig(kind_weights={"replace_rell": 2.0}), KIND_LIST)
     with pytest.raises(ValueError, match="label_smoothing"):
         LossConfig(label_smoothing=1.5)
+    for bad in (0.0, -50.0):  # a scale <= 0 would flip or flatten the term's softmax
+        with pytest.raises(ValueError, match="paraphrase_scale"):
+            LossConfig(paraphrase=0.5, paraphrase_scale=bad)
+    assert LossConfig(paraphrase=0.5, paraphrase_scale=50.0).paraphrase_scale == 50.0
 
 
 # ---------------------------------------------------------------------------------------------------------------------
