@@ -231,7 +231,8 @@ def check_example(ex: Example) -> list[str]:
     problems = []
     if not scene_satisfies(ex.scene, ex.caption.desc, strict=True):
         problems.append(f"positive is not true of its scene: {ex.text!r}")
-    if ex.paraphrase is not None and not scene_satisfies(ex.scene, restate(ex.caption.desc), strict=True):
+    back = restate(ex.caption.desc)
+    if back is not None and not scene_satisfies(ex.scene, back, strict=True):
         problems.append(f"paraphrase {ex.paraphrase!r} is not true of the scene")
     for neg in ex.negatives:
         if neg.text == ex.text:
