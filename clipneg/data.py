@@ -12,11 +12,12 @@ batch = {"image": [B,3,H,W], "text": [B,L], "neg_text": [B,Kt,L], "neg_text_mask
 K is fixed and missing negatives are masked, so shapes are static whatever a sample carries.
 
 The pipeline is an explicit ``wds.DataPipeline``: shard list (shuffled by seed + epoch, identically on every rank)
--> ``split_by_node`` -> ``split_by_worker`` -> samples -> buffer shuffle -> negative selection and decoding -> batches
-built inside the worker. It must NOT go through ``accelerator.prepare``: that would shard a second time or dispatch
-from rank 0 (PROTOCOLS.md §4). Every sample is seen exactly once per epoch across workers and ranks as long as there
-are at least ranks x workers shards (``drop_last`` discards each worker's final partial batch, so DDP ranks stay in
-step; turn it off to see every sample).
+-> ``split_by_node`` -> ``split_by_worker`` -> samples (webdataset's, with clipneg.tar_stream's faster tar parser)
+-> buffer shuffle -> negative selection and decoding -> batches built inside the worker. It must NOT go through
+``accelerator.prepare``: that would shard a second time or dispatch from rank 0 (PROTOCOLS.md §4). Every sample is
+seen exactly once per epoch across workers and ranks as long as there are at least ranks x workers shards
+(``drop_last`` discards each worker's final partial batch, so DDP ranks stay in step; turn it off to see every
+sample).
 
 Which negatives fill the K slots is chosen per sample from the kinds it carries, with per-kind weights, or a schedule
 of weights over training steps (relation-focused negatives fixed relations on the built-in world where an even mix
@@ -40,6 +41,7 @@ from torch.utils.data import default_collate
 
 from clipneg.schema import IMAGE_EXTS, KIND_ID, KINDS, parse_neg_json
 from clipneg.shards import list_shards
+from clipneg.tar_stream import tarfile_to_samples
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +217,7 @@ def build_pipeline(cfg: LoaderConfig, *, preprocess: Callable, tokenizer: Callab
         wds.SimpleShardList(urls),
         wds.split_by_node,
         wds.split_by_worker,
-        wds.tarfile_to_samples(handler=_log_and_continue),
+        tarfile_to_samples(handler=_log_and_continue),
         wds.shuffle(cfg.shuffle_buffer, initial=min(cfg.shuffle_buffer, 100),
                     rng=random.Random(cfg.seed * 7919 + epoch)) if cfg.shuffle_buffer > 1 else wds.filters.identity,
         NegativeDecoder(cfg, preprocess, tokenizer, epoch=epoch, start_step=start_step),
