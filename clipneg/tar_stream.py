@@ -23,6 +23,7 @@ from webdataset.handlers import reraise_exception
 from webdataset.tariterators import group_by_keys, url_opener
 
 BLOCK = 512
+_END = bytes(BLOCK)  # a zero block ends the archive
 _REGULAR = (b"0", b"\0", b"7")  # regular file, old-style regular file, contiguous file
 # webdataset skips "__key__"-style metadata members (tariterators.tar_file_iterator's skip_meta)
 _META = re.compile(r"__[^/]*__($|/)")
@@ -71,7 +72,7 @@ def tar_members(stream: BinaryIO) -> Iterator[tuple[str, bytes]]:
     pax: dict[str, str] = {}
     while True:
         header = stream.read(BLOCK)
-        if len(header) == 0 or header == bytes(BLOCK):  # end of archive: EOF or the zero blocks
+        if not header or header == _END:
             return
         if len(header) != BLOCK:
             raise TarFormatError(f"truncated tar: a header has {len(header)} of {BLOCK} bytes")
