@@ -228,7 +228,7 @@ def _train(cfg: TrainConfig, plain: dict, run_dir: Path, accelerator: Accelerato
     bundle = build_model(cfg)
     start = cpu_state(bundle.model) if cfg.run.wise_alpha is not None else None
     task = ContrastiveTask(bundle.model, cfg.loss, KIND_LIST, text_buckets=cfg.model.text_buckets,
-                           channels_last=cfg.model.channels_last, distinct_text=cfg.model.distinct_text)
+                           channels_last=cfg.model.channels_last)
     if accelerator.distributed_type == DistributedType.FSDP:
         log.info("FSDP: parameters given shape [1]: %s", promote_scalar_parameters(task))
     optimizer = build_optimizer(task.model, cfg.optim)

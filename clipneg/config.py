@@ -37,10 +37,6 @@ class ModelConfig:
     # > 0: encode captions in that many length groups, each cut at its longest caption (exact for causal text towers
     # with end-of-text pooling; a CPU speed-up for short captions, clipneg.text_buckets). 0: open_clip's own path.
     text_buckets: int = 0
-    # Encode each distinct caption of a step once (clipneg.task): the same features and gradients in less time when
-    # captions repeat within a batch (on the built-in world the paraphrase term's word-order negatives are often also
-    # hard negatives: 227 distinct of 320 captions in a batch of 32). Needs a text tower without dropout.
-    distinct_text: bool = False
     # Image tower weights and input images in channels-last (NHWC) layout: the same function, and convolutional towers
     # run faster (on 1 CPU core a tiny ResNet's forward + backward took 240 instead of 410 ms for 192 images).
     channels_last: bool = False

@@ -31,14 +31,11 @@ class ContrastiveTask(nn.Module):
     """
 
     def __init__(self, model: nn.Module, loss_cfg: LossConfig | None = None, kinds: Sequence[str] = (),
-                 text_buckets: int = 0, channels_last: bool = False, distinct_text: bool = False) -> None:
+                 text_buckets: int = 0, channels_last: bool = False) -> None:
         super().__init__()
         if text_buckets and (why := unsupported_reason(model)):
             raise ValueError(f"model.text_buckets {text_buckets} cannot be used: {why}. Set model.text_buckets 0.")
         self.text_buckets = text_buckets  # > 0: encode captions in that many length groups without their padding
-        # Encode each distinct token row once and copy its feature to every place it occurs: the same features, and
-        # the same gradients (the copy's backward sums them), as long as the text tower is deterministic (no dropout).
-        self.distinct_text = distinct_text
         # NHWC layout for the image tower's weights and the images it is given: the same function, faster convolutions
         self.channels_last = channels_last
         if channels_last:
@@ -110,14 +107,10 @@ class ContrastiveTask(nn.Module):
         return self.loss(**feats)
 
     def _encode(self, model: nn.Module, image: Tensor, text: Tensor) -> dict[str, Tensor]:
-        if not (self.text_buckets or self.distinct_text):
+        if not self.text_buckets:
             return model(image=image, text=text)
-        # torch.unique sorts rows, so it is a host sync on a GPU: an option for short-caption CPU runs, not a default
-        rows, where = torch.unique(text, dim=0, return_inverse=True) if self.distinct_text else (text, None)
-        txt = encode_text_bucketed(model, rows, self.text_buckets) if self.text_buckets \
-            else model.encode_text(rows, normalize=True)
         return {"image_features": model.encode_image(image, normalize=True),
-                "text_features": txt if where is None else txt[where],
+                "text_features": encode_text_bucketed(model, text, self.text_buckets),
                 "logit_scale": model.logit_scale.exp()}
 
     @torch.no_grad()

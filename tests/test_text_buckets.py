@@ -62,32 +62,3 @@ def test_task_with_buckets_gives_the_same_losses_and_rejects_towers_it_cannot_cu
     with pytest.raises(ValueError, match="model.text_buckets 0"):
         ContrastiveTask(no_mask, cfg, KIND_LIST, text_buckets=4)
     assert "not open_clip's CLIP" in unsupported_reason(torch.nn.Linear(2, 2))
-
-
-@pytest.mark.parametrize("buckets", [0, 4])
-def test_distinct_text_encodes_each_caption_once_with_the_same_losses_and_gradients(tiny_bundle, buckets):
-    """Given a batch whose negatives repeat captions (6 distinct of 24), when the task encodes distinct rows only, then
-    the text tower sees 6 rows and every loss term and parameter gradient equals encoding all 24."""
-    b, kt = 6, 3
-    pool = tiny_bundle.tokenizer(_captions(b, seed=5))
-    pick = torch.randint(b, (b * kt,), generator=torch.Generator().manual_seed(4))
-    batch = {"image": torch.randn(b, 3, 32, 32, generator=torch.Generator().manual_seed(3)), "text": pool,
-             "neg_text": pool[pick].view(b, kt, -1), "neg_text_mask": torch.ones(b, kt, dtype=torch.bool),
-             "neg_text_kind": torch.zeros(b, kt, dtype=torch.long)}
-    cfg = LossConfig(neg_text_columns=True, hard_negative=1.0, triplet=0.5)
-    plain = ContrastiveTask(copy.deepcopy(tiny_bundle.model), cfg, KIND_LIST, text_buckets=buckets).train()
-    once = ContrastiveTask(copy.deepcopy(tiny_bundle.model), cfg, KIND_LIST, text_buckets=buckets,
-                           distinct_text=True).train()
-    rows = []
-    once.model.token_embedding.register_forward_hook(lambda m, args, out: rows.append(args[0].shape[0]))
-    a, c = plain(batch), once(batch)
-    assert rows == [b]  # the 24 captions hold 6 distinct token rows
-    assert a.keys() == c.keys() == {"contrastive_loss", "hard_negative_loss", "triplet_loss"}
-    for k in a:
-        torch.testing.assert_close(c[k], a[k], rtol=1e-5, atol=1e-6)
-    sum(a.values()).backward()
-    sum(c.values()).backward()
-    grads = dict(once.named_parameters())
-    for n, p in plain.named_parameters():
-        if p.grad is not None:
-            torch.testing.assert_close(grads[n].grad, p.grad, rtol=1e-4, atol=1e-5 * p.grad.abs().max().item(), msg=n)
