@@ -28,6 +28,7 @@ import copy
 import json
 import logging
 import math
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -38,7 +39,7 @@ import torch
 import torch.distributed as dist
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
-from accelerate.utils import DistributedType, set_seed
+from accelerate.utils import DistributedType, InitProcessGroupKwargs, set_seed
 from tqdm.auto import tqdm
 
 from clipneg.checkpoints import TrainState, cpu_state, list_checkpoints, resolve_resume, save_checkpoint, wise_ft
@@ -177,7 +178,7 @@ def export(accelerator: Accelerator, task: ContrastiveTask, bundle: ClipBundle, 
     if full is not None:
         out_model = load_clip(cfg.model.name, seed=cfg.run.seed, force_quick_gelu=cfg.model.force_quick_gelu).model
         shapes = {k: v.shape for k, v in out_model.state_dict().items()}
-        # reshape: under FSDP the scalar parameters were given shape [1] (task.promote_scalar_parameters)
+        # reshape: under FSDP/DeepSpeed the scalar parameters were given shape [1] (task.promote_scalar_parameters)
         tuned = {k.removeprefix("model."): v for k, v in full.items() if k.startswith("model.")}
         out_model.load_state_dict({k: v.reshape(shapes[k]) for k, v in tuned.items()})
     else:
@@ -193,6 +194,22 @@ def export(accelerator: Accelerator, task: ContrastiveTask, bundle: ClipBundle, 
     return paths
 
 
+def fill_deepspeed_config(ds: dict[str, Any], cfg: TrainConfig, processes: int) -> None:
+    """Fill the "auto" entries of Accelerate's DeepSpeed config that it would read from a prepared loader.
+
+    The loader never goes through ``prepare`` (it splits shards by node and worker itself), so Accelerate cannot
+    find the per-process batch there; gradient clipping follows ``optim.grad_clip_norm`` (DeepSpeed clips inside its
+    own step, so it must be told).
+    """
+    if ds.get("train_micro_batch_size_per_gpu", "auto") == "auto":
+        ds["train_micro_batch_size_per_gpu"] = cfg.data.batch_size
+    if ds.get("train_batch_size", "auto") == "auto":
+        accumulation = ds.get("gradient_accumulation_steps", "auto")
+        ds["train_batch_size"] = cfg.data.batch_size * processes * (1 if accumulation == "auto" else accumulation)
+    if ds.get("gradient_clipping", "auto") == "auto":
+        ds["gradient_clipping"] = cfg.optim.grad_clip_norm or 0.0
+
+
 def main(argv: Sequence[str] | None = None, *,
          callbacks: Sequence[Callable[[TrainState], None]] = ()) -> dict[str, Any]:
     """Train as configured by ``argv`` (see clipneg.config); return final metrics and paths.
@@ -201,7 +218,12 @@ def main(argv: Sequence[str] | None = None, *,
     """
     cfg, plain = parse_args(sys.argv[1:] if argv is None else argv)
     run_dir = Path(cfg.run.out_dir) / (cfg.run.name or "run")
-    accelerator = Accelerator(mixed_precision=cfg.run.mixed_precision,
+    handlers = []
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true" and not torch.cuda.is_available():
+        # Accelerate 1.15 names no process-group backend for DeepSpeed without an accelerator, so it counts one
+        # process while DeepSpeed counts all; gloo (DeepSpeed's own CPU backend) makes both see the same group.
+        handlers.append(InitProcessGroupKwargs(backend="gloo"))
+    accelerator = Accelerator(mixed_precision=cfg.run.mixed_precision, kwargs_handlers=handlers,
                               log_with=choose_trackers(cfg.run.trackers, run_dir), project_dir=str(run_dir))
     try:
         return _train(cfg, plain, run_dir, accelerator, callbacks)
@@ -225,12 +247,19 @@ def _train(cfg: TrainConfig, plain: dict, run_dir: Path, accelerator: Accelerato
         # fixed-size convolutions (ResNet towers, patch embeddings).
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        if cfg.model.channels_last:
+            # DeepSpeed broadcasts every parameter viewed as contiguous bytes, which an NHWC weight is not
+            raise ValueError("model.channels_last cannot be used with DeepSpeed: set --model.channels_last false")
+        fill_deepspeed_config(accelerator.state.deepspeed_plugin.deepspeed_config, cfg, accelerator.num_processes)
     bundle = build_model(cfg)
     start = cpu_state(bundle.model) if cfg.run.wise_alpha is not None else None
     task = ContrastiveTask(bundle.model, cfg.loss, KIND_LIST, text_buckets=cfg.model.text_buckets,
                            channels_last=cfg.model.channels_last)
-    if accelerator.distributed_type == DistributedType.FSDP:
-        log.info("FSDP: parameters given shape [1]: %s", promote_scalar_parameters(task))
+    if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        # FSDP2 refuses 0-d parameters and DeepSpeed cannot broadcast them (it views each as bytes)
+        log.info("%s: parameters given shape [1]: %s", accelerator.distributed_type.value,
+                 promote_scalar_parameters(task))
     optimizer = build_optimizer(task.model, cfg.optim)
     task, optimizer = accelerator.prepare(task, optimizer)
     state = TrainState()

@@ -107,6 +107,9 @@ class ContrastiveTask(nn.Module):
         return self.loss(**feats)
 
     def _encode(self, model: nn.Module, image: Tensor, text: Tensor) -> dict[str, Tensor]:
+        # DeepSpeed's bf16/fp16 casts the weights themselves (no autocast), so the images must follow them; under
+        # autocast or FSDP's mixed precision the weights stay float32 and this is a no-op.
+        image = image.to(next(p.dtype for p in model.parameters() if p.is_floating_point()))
         if not self.text_buckets:
             return model(image=image, text=text)
         return {"image_features": model.encode_image(image, normalize=True),
