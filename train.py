@@ -170,6 +170,9 @@ def export(accelerator: Accelerator, task: ContrastiveTask, bundle: ClipBundle, 
     # Under FSDP/DeepSpeed the weights are sharded: gather the full state dict (a collective, so every process calls
     # it) and load it into a fresh CPU model. Otherwise the unwrapped model already holds them.
     full = accelerator.get_state_dict(task) if sharded else None
+    if full is not None and accelerator.distributed_type == DistributedType.DEEPSPEED:
+        # get_state_dict returns DeepSpeed's working (bf16/fp16 under mixed precision) weights: export its fp32 masters
+        full.update(deepspeed_masters(accelerator.unwrap_model(task)))
     if not accelerator.is_main_process:
         return paths
     record = {"base_model": cfg.model.name, "base_pretrained": cfg.model.pretrained, "run": str(run_dir),
@@ -208,6 +211,25 @@ def fill_deepspeed_config(ds: dict[str, Any], cfg: TrainConfig, processes: int) 
         ds["train_batch_size"] = cfg.data.batch_size * processes * (1 if accumulation == "auto" else accumulation)
     if ds.get("gradient_clipping", "auto") == "auto":
         ds["gradient_clipping"] = cfg.optim.grad_clip_norm or 0.0
+
+
+def deepspeed_masters(task: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """DeepSpeed's fp32 master copy of each trained parameter, on the CPU (a collective: every process calls it)."""
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    masters = {name: safe_get_full_fp32_param(p) for name, p in task.named_parameters() if p.requires_grad}
+    return {name: m.detach().cpu() for name, m in masters.items() if m is not None}
+
+
+def clamp_deepspeed_logit_scale(task: ContrastiveTask, max_value: float) -> None:
+    """Clamp the fp32 master of logit_scale too: DeepSpeed copies the masters over the working weights at each step,
+    so the in-place clamp of the working copy alone would be undone (a collective: every process calls it)."""
+    from deepspeed.utils import safe_get_full_fp32_param, safe_set_full_fp32_param
+
+    p = task.model.logit_scale
+    master = safe_get_full_fp32_param(p)
+    if master is not None and not torch.equal(clamped := master.clamp(0, max_value), master):
+        safe_set_full_fp32_param(p, clamped)
 
 
 def main(argv: Sequence[str] | None = None, *,
@@ -304,6 +326,8 @@ def _train(cfg: TrainConfig, plain: dict, run_dir: Path, accelerator: Accelerato
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         unwrapped.clamp_logit_scale(max_scale)
+        if accelerator.distributed_type == DistributedType.DEEPSPEED:
+            clamp_deepspeed_logit_scale(unwrapped, max_scale)
         unwrapped.update_teacher()
         state.step += 1
         state.samples_seen += batch["image"].shape[0] * world

@@ -8,6 +8,7 @@ plus transformers, which Accelerate's DeepSpeed integration imports). To run it:
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -34,6 +35,17 @@ def world(tmp_path_factory) -> Path:
     write_train_shards(World(WorldConfig(image_size=32, grid=2, seed=0)), out / "shards", 128, shard_size=16,
                        progress=False)
     return out
+
+
+@pytest.fixture(scope="module")
+def hot_start(tmp_path_factory) -> Path:
+    """The tiny model with exp(logit_scale) = e^5 = 148, above CLIP's clamp at 100: the first step must clamp it."""
+    from clipneg.models import export_local_dir, load_clip
+
+    bundle = load_clip("clipneg-tiny", seed=0)
+    with torch.no_grad():
+        bundle.model.logit_scale.fill_(5.0)
+    return Path(export_local_dir(bundle.model, tmp_path_factory.mktemp("hot") / "export", model_cfg=bundle.model_cfg))
 
 
 def launch(world: Path, out: Path, name: str, *extra: str, deepspeed: bool, precision: str = "no", check: bool = True):
@@ -116,15 +128,22 @@ def test_zero2_on_two_cpu_processes_trains_like_ddp_and_resumes(world, tmp_path)
         torch.testing.assert_close(wr[k], wb[k], rtol=1e-5, atol=1e-6, msg=k)
 
 
-def test_zero2_bf16_tracks_ddp_under_autocast(world, tmp_path):
+def test_zero2_bf16_tracks_ddp_and_exports_clamped_fp32_masters(world, hot_start, tmp_path):
     """DeepSpeed's bf16 casts the weights (and the task casts the images to them) where DDP runs under autocast: the
-    arithmetic differs, so the losses agree to bf16 precision only."""
-    ddp = launch(world, tmp_path, "ddp", deepspeed=False, precision="bf16")
-    zero = launch(world, tmp_path, "zero2", deepspeed=True, precision="bf16")
+    arithmetic differs, so the losses agree to bf16 precision only. The export holds DeepSpeed's fp32 masters (not
+    the bf16 working copy), and the logit-scale clamp reaches the master (a start above the clamp stays clamped)."""
+    start = ("--model.name", f"local-dir:{hot_start}")
+    ddp = launch(world, tmp_path, "ddp", *start, deepspeed=False, precision="bf16")
+    zero = launch(world, tmp_path, "zero2", *start, deepspeed=True, precision="bf16")
     assert zero["distributed_type"] == "DEEPSPEED"
     for ra, rb in zip(rows(tmp_path / "ddp"), rows(tmp_path / "zero2"), strict=True):
         assert rb["train/loss"] == pytest.approx(ra["train/loss"], rel=2e-2), rb["step"]
-    assert weights(zero).keys() == weights(ddp).keys()
+    wa, wb = weights(ddp), weights(zero)
+    assert wb.keys() == wa.keys()
+    bf16_exact = [torch.equal(w, w.bfloat16().float()) for w in wb.values() if w.is_floating_point() and w.numel() > 1]
+    assert not all(bf16_exact)  # fp32 masters: most weights are not bf16 numbers
+    assert float(wa["logit_scale"]) <= math.log(100) + 1e-6
+    assert float(wb["logit_scale"]) == pytest.approx(float(wa["logit_scale"]), abs=1e-3)
 
 
 def test_zero2_refuses_channels_last_with_the_reason(world, tmp_path):
