@@ -54,6 +54,9 @@ from clipneg.trackers import choose_trackers
 
 log = logging.getLogger("train")
 
+# Distributed types whose processes hold shards of the weights (full weights need a gather)
+SHARDED = (DistributedType.FSDP, DistributedType.DEEPSPEED)
+
 
 def build_model(cfg: TrainConfig) -> ClipBundle:
     m = cfg.model
@@ -166,7 +169,7 @@ def export(accelerator: Accelerator, task: ContrastiveTask, bundle: ClipBundle, 
            start: dict[str, torch.Tensor] | None, state: TrainState) -> dict[str, str]:
     """open_clip local-dir exports: the fine-tuned model, and with run.wise_alpha the WiSE-FT interpolation."""
     paths: dict[str, str] = {}
-    sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+    sharded = accelerator.distributed_type in SHARDED
     # Under FSDP/DeepSpeed the weights are sharded: gather the full state dict (a collective, so every process calls
     # it) and load it into a fresh CPU model. Otherwise the unwrapped model already holds them.
     full = accelerator.get_state_dict(task) if sharded else None
@@ -278,7 +281,8 @@ def _train(cfg: TrainConfig, plain: dict, run_dir: Path, accelerator: Accelerato
     start = cpu_state(bundle.model) if cfg.run.wise_alpha is not None else None
     task = ContrastiveTask(bundle.model, cfg.loss, KIND_LIST, text_buckets=cfg.model.text_buckets,
                            channels_last=cfg.model.channels_last)
-    if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+    sharded = accelerator.distributed_type in SHARDED
+    if sharded:
         # FSDP2 refuses 0-d parameters and DeepSpeed cannot broadcast them (it views each as bytes)
         log.info("%s: parameters given shape [1]: %s", accelerator.distributed_type.value,
                  promote_scalar_parameters(task))
@@ -297,7 +301,6 @@ def _train(cfg: TrainConfig, plain: dict, run_dir: Path, accelerator: Accelerato
     accelerator.init_trackers(cfg.run.name or "run", config=flatten(plain),
                               init_kwargs={"wandb": {"dir": str(run_dir), "name": cfg.run.name or "run"}})
     unwrapped = accelerator.unwrap_model(task)
-    sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
     if sharded and cfg.eval.every:
         log.warning("eval.every is ignored under FSDP/DeepSpeed (weights are sharded); the export is scored at the "
                     "end")
