@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import random
+import shutil
 from pathlib import Path
 
 import open_clip
@@ -185,6 +186,41 @@ def test_bf16_locking_and_checkpointing_options(shards, tmp_path):
     assert torch.equal(tuned["visual.conv1.weight"], start["visual.conv1.weight"])  # locked tower unchanged
     assert not torch.equal(tuned["text_projection"], start["text_projection"])
     assert torch.isfinite(torch.tensor(out["train/loss"]))
+
+
+def test_torch_compile_from_accelerates_config_trains_like_eager_and_resumes(shards, tmp_path, monkeypatch):
+    """Given Accelerate's dynamo setting (ACCELERATE_DYNAMO_BACKEND, which `accelerate launch --dynamo_backend X`
+    sets; dynamo's "eager" backend keeps the test fast, inductor was checked by hand), when a run trains, checkpoints
+    and is resumed, then torch.compile wrapped the task once per run, the losses equal an uncompiled run's, the export
+    has open_clip's own keys (not the compiled wrapper's), and the resumed run ends with the same weights."""
+    args = ["--config", str(ROOT / "configs" / "demo_world_negclip.yaml"), "--data.k_text", "2",
+            "--run.steps", "4", "--run.save_every", "2"]
+    plain = train.main(tiny_args(shards, tmp_path, "plain") + args)
+    compiled_modules = []
+    real_compile = torch.compile
+
+    def spy(model, *a, **kw):
+        compiled_modules.append(type(model).__name__)
+        return real_compile(model, *a, **kw)
+
+    monkeypatch.setattr(torch, "compile", spy)
+    monkeypatch.setenv("ACCELERATE_DYNAMO_BACKEND", "EAGER")
+    whole = train.main(tiny_args(shards, tmp_path, "whole") + args)
+    assert compiled_modules == ["ContrastiveTask"]
+    for key in ("train/contrastive_loss", "train/hard_negative_loss", "train/loss"):
+        assert whole[key] == pytest.approx(plain[key], rel=1e-5), key
+    a = load_file(Path(whole["export"]) / "open_clip_model.safetensors")
+    assert a.keys() == load_file(Path(plain["export"]) / "open_clip_model.safetensors").keys()
+    open_clip.create_model_and_transforms("local-dir:" + whole["export"])
+
+    run = tmp_path / "part"  # the whole run as if killed after its step-2 checkpoint
+    shutil.copytree(tmp_path / "whole", run)
+    shutil.rmtree(run / "checkpoints" / "step-00000004")
+    shutil.rmtree(run / "export")
+    resumed = train.main(tiny_args(shards, tmp_path, "part") + args + ["--resume"])
+    assert compiled_modules == ["ContrastiveTask"] * 2 and resumed["step"] == 4
+    b = load_file(Path(resumed["export"]) / "open_clip_model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_tensorboard_receives_every_logged_scalar(shards, tmp_path):
