@@ -48,6 +48,7 @@ from clipneg.data import build_loader
 from clipneg.losses import max_logit_scale
 from clipneg.models import ClipBundle, export_local_dir, load_clip
 from clipneg.optim import build_optimizer, lr_at, set_lr
+from clipneg.pixels import split_pixel_steps
 from clipneg.schema import KIND_LIST
 from clipneg.task import ContrastiveTask, promote_scalar_parameters
 from clipneg.trackers import choose_trackers
@@ -83,6 +84,9 @@ def batches(cfg: TrainConfig, bundle: ClipBundle, state: TrainState, accelerator
     """
     skip = state.step - state.epoch_start_step
     preprocess = bundle.preprocess_train if cfg.data.augment else bundle.preprocess_val
+    # uint8 images from the loader, scaled and normalised here on the device (the same values; clipneg.pixels)
+    split = split_pixel_steps(preprocess) if cfg.data.uint8_images else None
+    preprocess, finish = split if split else (preprocess, dict)
     while True:
         loader = build_loader(cfg.data, preprocess=preprocess, tokenizer=bundle.tokenizer,
                               epoch=state.epoch, start_step=state.epoch_start_step)
@@ -106,8 +110,8 @@ def batches(cfg: TrainConfig, bundle: ClipBundle, state: TrainState, accelerator
             elif batch is None:
                 break
             n += 1
-            yield {k: (v.to(accelerator.device, non_blocking=True) if torch.is_tensor(v) else v)
-                   for k, v in batch.items()}
+            yield finish({k: (v.to(accelerator.device, non_blocking=True) if torch.is_tensor(v) else v)
+                          for k, v in batch.items()})
         if n == 0:
             raise RuntimeError(f"data.shards {cfg.data.shards!r} gave no full batch of {cfg.data.batch_size} on "
                                f"process {accelerator.process_index}: use more samples or shards (at least "

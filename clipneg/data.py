@@ -9,7 +9,9 @@ batch = {"image": [B,3,H,W], "text": [B,L], "neg_text": [B,Kt,L], "neg_text_mask
 #                        "para_neg": [B,Kp,L] (its word-order negatives), "para_neg_mask": [B,Kp] bool
 ```
 
-K is fixed and missing negatives are masked, so shapes are static whatever a sample carries.
+K is fixed and missing negatives are masked, so shapes are static whatever a sample carries. Images are float32 when
+the transform ends in ToTensor + Normalize, or uint8 when it stops before them (train.py's default,
+``data.uint8_images``): clipneg.pixels.PixelNormalizer then finishes the batch on the device, to the same values.
 
 The pipeline is an explicit ``wds.DataPipeline``: shard list (shuffled by seed + epoch, identically on every rank)
 -> ``split_by_node`` -> ``split_by_worker`` -> samples (webdataset's, with clipneg.tar_stream's faster tar parser)
@@ -39,6 +41,7 @@ import webdataset as wds
 from PIL import Image
 from torch.utils.data import default_collate
 
+from clipneg.pixels import to_uint8_chw
 from clipneg.schema import IMAGE_EXTS, KIND_ID, KINDS, parse_neg_json
 from clipneg.shards import list_shards
 from clipneg.tar_stream import tarfile_to_samples
@@ -70,6 +73,10 @@ class LoaderConfig:
     paraphrases: bool = False
     k_para_neg: int = 2
     num_workers: int = 2
+    # Images leave the workers as uint8 and train.py scales and normalises them on the device (the same values, a
+    # quarter of the bytes, less work on the loader's cores; clipneg.pixels). Needs a transform ending in ToTensor +
+    # Normalize, as open_clip's do; otherwise the whole transform runs per image as before.
+    uint8_images: bool = True
     # open_clip's training transform (RandomResizedCrop, scale 0.9-1) or, when false, the evaluation transform. At
     # 32 px the crop's bicubic resampling blurs a small object's colour into its shape and shifts the layout; on the
     # built-in world, training without it learned relations faster (docs/BENCHMARKS.md).
@@ -146,6 +153,12 @@ class NegativeDecoder:
             except Exception as e:  # noqa: BLE001 - a bad sample is logged and skipped, training goes on
                 log.warning("skipping sample %s from %s: %s", raw.get("__key__"), raw.get("__url__"), e)
 
+    def _image(self, data: bytes) -> torch.Tensor:
+        # A transform that stops before ToTensor + Normalize leaves a PIL image: it travels as uint8, and
+        # clipneg.pixels.PixelNormalizer finishes it on the training device.
+        image = self.preprocess(_decode_image(data))
+        return image if torch.is_tensor(image) else to_uint8_chw(image)
+
     def decode(self, raw: dict[str, Any], step: int) -> dict[str, Any]:
         cfg = self.cfg
         key = raw["__key__"]
@@ -167,13 +180,13 @@ class NegativeDecoder:
         neg_text[: len(text_idx)] = tokens[1: 1 + len(text_idx)]
         kind = torch.full((cfg.k_text,), -1, dtype=torch.long)
         kind[: len(text_idx)] = torch.tensor([KIND_ID[neg["texts"][i]["kind"]] for i in text_idx], dtype=torch.long)
-        image = self.preprocess(_decode_image(raw[ext]))
-        neg_image = torch.zeros(cfg.k_image, *image.shape)
+        image = self._image(raw[ext])
+        neg_image = torch.zeros(cfg.k_image, *image.shape, dtype=image.dtype)
         neg_image_text = torch.full((cfg.k_image,), -1, dtype=torch.long)
         slot = {t: s for s, t in enumerate(text_idx)}
         for j, i in enumerate(image_idx):
             meta = neg["images"][i]
-            neg_image[j] = self.preprocess(_decode_image(raw[meta["member"]]))
+            neg_image[j] = self._image(raw[meta["member"]])
             neg_image_text[j] = slot.get(meta.get("text"), -1)
         extra = {}
         if cfg.paraphrases:
