@@ -145,10 +145,15 @@ def evaluate(model: torch.nn.Module, bundle: ClipBundle, ecfg: EvalConfig, devic
     return metrics
 
 
-def logit_scale(model: torch.nn.Module) -> float:
-    """exp(logit_scale); under FSDP2 the parameter is a sharded DTensor, gathered here (a collective: every process
-    logs)."""
-    p = model.logit_scale.detach()
+def logit_scale(model: torch.nn.Module, deepspeed: bool) -> float:
+    """exp(logit_scale); under FSDP2 the parameter is a sharded DTensor, gathered here, and under DeepSpeed its fp32
+    master is read (under ZeRO-3 the parameter itself is an empty placeholder). A collective: every process logs."""
+    p = model.logit_scale
+    if deepspeed and p.requires_grad:
+        from deepspeed.utils import safe_get_full_fp32_param
+
+        return safe_get_full_fp32_param(p).exp().item()
+    p = p.detach()
     return p.full_tensor().exp().item() if hasattr(p, "full_tensor") else p.exp().item()
 
 
@@ -177,9 +182,12 @@ def export(accelerator: Accelerator, task: ContrastiveTask, bundle: ClipBundle, 
     # Under FSDP/DeepSpeed the weights are sharded: gather the full state dict (a collective, so every process calls
     # it) and load it into a fresh CPU model. Otherwise the unwrapped model already holds them.
     full = accelerator.get_state_dict(task) if sharded else None
-    if full is not None and accelerator.distributed_type == DistributedType.DEEPSPEED:
-        # get_state_dict returns DeepSpeed's working (bf16/fp16 under mixed precision) weights: export its fp32 masters
-        full.update(deepspeed_masters(accelerator.unwrap_model(task)))
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        # get_state_dict returns DeepSpeed's working (bf16/fp16 under mixed precision) weights: export its fp32
+        # masters. Every process gathers them, though under ZeRO-3 only the main one receives a state dict.
+        masters = deepspeed_masters(accelerator.unwrap_model(task))
+        if full is not None:
+            full.update(masters)
     if not accelerator.is_main_process:
         return paths
     record = {"base_model": cfg.model.name, "base_pretrained": cfg.model.pretrained, "run": str(run_dir),
@@ -218,6 +226,11 @@ def fill_deepspeed_config(ds: dict[str, Any], cfg: TrainConfig, processes: int) 
         ds["train_batch_size"] = cfg.data.batch_size * processes * (1 if accumulation == "auto" else accumulation)
     if ds.get("gradient_clipping", "auto") == "auto":
         ds["gradient_clipping"] = cfg.optim.grad_clip_norm or 0.0
+    zero = ds.setdefault("zero_optimization", {})
+    if zero.get("stage") == 3:
+        # The export gathers the whole model (Accelerate's get_state_dict refuses under ZeRO-3 without this); the
+        # sharded checkpoints do not depend on it.
+        zero["stage3_gather_16bit_weights_on_model_save"] = True
 
 
 def deepspeed_masters(task: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -231,9 +244,23 @@ def deepspeed_masters(task: torch.nn.Module) -> dict[str, torch.Tensor]:
 def clamp_deepspeed_logit_scale(task: ContrastiveTask, max_value: float) -> None:
     """Clamp the fp32 master of logit_scale too: DeepSpeed copies the masters over the working weights at each step,
     so the in-place clamp of the working copy alone would be undone (a collective: every process calls it)."""
-    from deepspeed.utils import safe_get_full_fp32_param, safe_set_full_fp32_param
+    from deepspeed.utils import (
+        safe_get_full_fp32_param,
+        safe_get_local_fp32_param,
+        safe_set_full_fp32_param,
+        safe_set_local_fp32_param,
+    )
 
     p = task.model.logit_scale
+    if hasattr(p, "ds_tensor"):
+        # ZeRO-3: master and working copy are both partitioned (the loop's clamp met an empty placeholder), and the
+        # padding of a partition is 0, which the clamp keeps. Clamped here, partition by partition: DeepSpeed
+        # 0.19.8's full setter fails on a 1-element parameter split over 2 processes.
+        master = safe_get_local_fp32_param(p)
+        if master is not None:
+            safe_set_local_fp32_param(p, master.clamp(0, max_value))
+        p.ds_tensor.clamp_(0, max_value)
+        return
     master = safe_get_full_fp32_param(p)
     if master is not None and not torch.equal(clamped := master.clamp(0, max_value), master):
         safe_set_full_fp32_param(p, clamped)
@@ -276,16 +303,19 @@ def _train(cfg: TrainConfig, plain: dict, run_dir: Path, accelerator: Accelerato
         # fixed-size convolutions (ResNet towers, patch embeddings).
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
-    if accelerator.distributed_type == DistributedType.DEEPSPEED:
-        if cfg.model.channels_last:
-            # DeepSpeed broadcasts every parameter viewed as contiguous bytes, which an NHWC weight is not
-            raise ValueError("model.channels_last cannot be used with DeepSpeed: set --model.channels_last false")
+    sharded = accelerator.distributed_type in SHARDED
+    deepspeed = accelerator.distributed_type == DistributedType.DEEPSPEED
+    if sharded and cfg.model.channels_last:
+        # An NHWC weight is not contiguous: DeepSpeed broadcasts every parameter viewed as contiguous bytes, and
+        # FSDP2's fully_shard raises NotImplementedError for non-contiguous parameters.
+        raise ValueError(f"model.channels_last cannot be used with {accelerator.distributed_type.value}: set "
+                         "--model.channels_last false")
+    if deepspeed:
         fill_deepspeed_config(accelerator.state.deepspeed_plugin.deepspeed_config, cfg, accelerator.num_processes)
     bundle = build_model(cfg)
     start = cpu_state(bundle.model) if cfg.run.wise_alpha is not None else None
     task = ContrastiveTask(bundle.model, cfg.loss, KIND_LIST, text_buckets=cfg.model.text_buckets,
                            channels_last=cfg.model.channels_last)
-    sharded = accelerator.distributed_type in SHARDED
     if sharded:
         # FSDP2 refuses 0-d parameters and DeepSpeed cannot broadcast them (it views each as bytes)
         log.info("%s: parameters given shape [1]: %s", accelerator.distributed_type.value,
@@ -333,7 +363,7 @@ def _train(cfg: TrainConfig, plain: dict, run_dir: Path, accelerator: Accelerato
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         unwrapped.clamp_logit_scale(max_scale)
-        if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        if deepspeed:
             clamp_deepspeed_logit_scale(unwrapped, max_scale)
         unwrapped.update_teacher()
         state.step += 1
@@ -350,7 +380,7 @@ def _train(cfg: TrainConfig, plain: dict, run_dir: Path, accelerator: Accelerato
             rate = (state.samples_seen - samples_mark) / max(now - t_mark, 1e-9)
             t_mark, samples_mark = now, state.samples_seen
             metrics = {f"train/{k}": v for k, v in zip(names + ["loss"], values, strict=True)}
-            metrics.update({"train/lr": lr, "train/logit_scale": logit_scale(unwrapped.model),
+            metrics.update({"train/lr": lr, "train/logit_scale": logit_scale(unwrapped.model, deepspeed),
                             "train/samples_per_s": rate, "train/epoch": state.epoch,
                             "train/samples_seen": state.samples_seen, "train/processes": world})
             if grad_norm is not None:

@@ -209,7 +209,18 @@ class HardNegativeLoss(nn.Module):
         return torch.where(w > 0, torch.log(w.clamp_min(1e-30)), torch.full_like(w, MASKED))
 
     # -- forward ----------------------------------------------------------------------------------------------------
-    def forward(
+    def forward(self, image_features: Tensor, text_features: Tensor, logit_scale: Tensor,
+                **features: Tensor | None) -> dict[str, Tensor]:
+        """The configured loss terms by name (``contrastive_loss``, ...); ``_terms`` lists the optional inputs.
+
+        Computed in float32 with autocast off: under bf16 autocast every matrix product would round the cosine
+        similarities to bf16 (steps of 2^-8 near 1, i.e. 0.4 logit at scale 100), coarser than the gaps between a
+        caption and its hard negatives that the terms are about.
+        """
+        with torch.autocast(image_features.device.type, enabled=False):
+            return self._terms(image_features, text_features, logit_scale, **features)
+
+    def _terms(
         self,
         image_features: Tensor,
         text_features: Tensor,
@@ -229,7 +240,6 @@ class HardNegativeLoss(nn.Module):
         **_: object,
     ) -> dict[str, Tensor]:
         cfg = self.cfg
-        # Losses in float32: under bf16/fp16 autocast the logits of a 100-scaled softmax lose too many bits.
         img, txt = image_features.float(), text_features.float()
         s = logit_scale.float()
         b = img.shape[0]
@@ -379,7 +389,15 @@ def ema_update(teacher: nn.Module, student: nn.Module, decay: float) -> None:
     with torch.no_grad():
         t_params = dict(teacher.named_parameters())
         for name, p in student.named_parameters():
-            t_params[name].lerp_(p.detach().to(t_params[name].dtype), 1 - decay)
+            t = t_params[name]
+            if hasattr(p, "ds_tensor"):
+                # DeepSpeed ZeRO-3: a parameter is this process's partition (ds_tensor), which the optimizer updates,
+                # plus the whole tensor while it is gathered or persisted (small ones stay gathered). A parameter's
+                # teacher and student partitions hold the same elements, so the update is local.
+                t.ds_tensor.lerp_(p.ds_tensor.to(t.dtype), 1 - decay)
+                if p.data.numel() != p.ds_numel or t.data.numel() != t.ds_numel:
+                    continue
+            t.lerp_(p.detach().to(t.dtype), 1 - decay)
         t_bufs = dict(teacher.named_buffers())
         for name, buf in student.named_buffers():
             if name in t_bufs and buf.dtype.is_floating_point:

@@ -31,3 +31,19 @@ def _tiny_bundle():
 def tiny_bundle(_tiny_bundle):
     """A fresh copy of the tiny CLIP (32 px, width 64, 2 layers) with its transforms and tokenizer."""
     return copy.deepcopy(_tiny_bundle)
+
+
+@pytest.fixture(scope="session")
+def two_rank_world(tmp_path_factory):
+    """World shards for train.py on two processes (tests.two_ranks)."""
+    from tests.two_ranks import make_world
+
+    return make_world(tmp_path_factory.mktemp("two_rank_world"))
+
+
+@pytest.fixture(scope="session")
+def hot_start(tmp_path_factory):
+    """The tiny model exported with its logit scale above CLIP's clamp (tests.two_ranks)."""
+    from tests.two_ranks import make_hot_start
+
+    return make_hot_start(tmp_path_factory.mktemp("hot_start"))

@@ -329,6 +329,21 @@ def test_all_terms_together_are_finite_under_bf16_features():
     assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in out.values())
 
 
+def test_terms_stay_float32_under_bf16_autocast():
+    """Under autocast (DDP's bf16) every term and gradient equals the float32 computation: the similarities are not
+    rounded to bf16 by autocast's matrix products."""
+    batch = make_batch()
+    ref, ref_grads = run(ALL_TERMS, batch)
+    inputs = {k: (v.clone().requires_grad_(True) if k.endswith("_features") else v) for k, v in batch.items()}
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # as Accelerate does: the forward under autocast, not backward
+        out = HardNegativeLoss(ALL_TERMS, KIND_LIST)(**inputs)
+    grads = dict(zip(ref_grads, torch.autograd.grad(sum(out.values()), [inputs[k] for k in ref_grads]), strict=True))
+    for k in ref:
+        torch.testing.assert_close(out[k], ref[k], rtol=1e-6, atol=1e-7, msg=k)
+    for k in ref_grads:
+        torch.testing.assert_close(grads[k], ref_grads[k], rtol=1e-5, atol=1e-7, msg=k)
+
+
 def test_distill_term_and_config_errors():
     batch = make_batch()
     out, _ = run(LossConfig(contrastive=0.0, distill=0.5), dict(

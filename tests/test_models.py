@@ -121,7 +121,7 @@ def test_channels_last_resnet_task_gives_the_same_losses_and_gradients():
         torch.testing.assert_close(c[k], a[k], rtol=1e-5, atol=1e-6)
     ref = dict(plain.named_parameters())
     for n, p in nhwc.named_parameters():
-        # float32 sums in another order (6e-6 of the largest entry measured); the attention pool over a 1 x 1 map
-        # has gradients near 0, hence the absolute floor
-        atol = max(1e-6, 1e-5 * ref[n].grad.abs().max().item())
+        # float32 sums in another order (of the largest entry: 6e-6 with an earlier torch, 1.2e-5 with 2.14.1);
+        # the attention pool over a 1 x 1 map has gradients near 0, hence the absolute floor
+        atol = max(1e-6, 5e-5 * ref[n].grad.abs().max().item())
         torch.testing.assert_close(p.grad, ref[n].grad, rtol=1e-4, atol=atol, msg=n)
