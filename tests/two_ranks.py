@@ -21,6 +21,9 @@ MODES = {
     "ddp": (["--multi_gpu"], ROOT / "train.py"),  # with ACCELERATE_USE_CPU=1: DDP over gloo
     "zero2": (["--use_deepspeed", "--zero_stage", "2"], ROOT / "train.py"),
     "zero3": (["--use_deepspeed", "--zero_stage", "3"], ROOT / "train.py"),
+    # ZeRO-Offload: optimizer states and parameters kept in host memory (Accelerate swaps in DeepSpeedCPUAdam)
+    "zero3_offload": (["--use_deepspeed", "--zero_stage", "3", "--offload_optimizer_device", "cpu",
+                       "--offload_param_device", "cpu"], ROOT / "train.py"),
     "fsdp": (["--use_fsdp", "--fsdp_version", "2"], ROOT / "tests" / "fsdp_on_cpu.py"),
 }
 
