@@ -320,7 +320,7 @@ def _train(cfg: TrainConfig, plain: dict, run_dir: Path, accelerator: Accelerato
         # FSDP2 refuses 0-d parameters and DeepSpeed cannot broadcast them (it views each as bytes)
         log.info("%s: parameters given shape [1]: %s", accelerator.distributed_type.value,
                  promote_scalar_parameters(task))
-    if accelerator.distributed_type == DistributedType.FSDP and accelerator.state.fsdp_plugin.cpu_ram_efficient_loading:
+    if accelerator.distributed_type == DistributedType.FSDP:
         # Every process has built the whole model already (same weights or same seed), so rank 0's broadcast buys
         # nothing, and Accelerate 1.15's version of it fails on persistent buffers (a ResNet tower's BatchNorm
         # statistics: "'Tensor' object has no attribute 'device_mesh'").
