@@ -42,16 +42,16 @@ from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import DistributedType, InitProcessGroupKwargs, set_seed
 from tqdm.auto import tqdm
 
-from clipneg.checkpoints import TrainState, cpu_state, list_checkpoints, resolve_resume, save_checkpoint, wise_ft
-from clipneg.config import EvalConfig, TrainConfig, dump_yaml, flatten, parse_args
-from clipneg.data import build_loader
-from clipneg.losses import max_logit_scale
 from clipneg.models import ClipBundle, export_local_dir, load_clip
-from clipneg.optim import build_optimizer, lr_at, set_lr
-from clipneg.pixels import split_pixel_steps
 from clipneg.schema import KIND_LIST
-from clipneg.task import ContrastiveTask, promote_scalar_parameters
-from clipneg.trackers import choose_trackers
+from clipneg.train.checkpoints import TrainState, cpu_state, list_checkpoints, resolve_resume, save_checkpoint, wise_ft
+from clipneg.train.config import EvalConfig, TrainConfig, dump_yaml, flatten, parse_args
+from clipneg.train.data import build_loader
+from clipneg.train.losses import max_logit_scale
+from clipneg.train.optim import build_optimizer, lr_at, set_lr
+from clipneg.train.pixels import split_pixel_steps
+from clipneg.train.task import ContrastiveTask, promote_scalar_parameters
+from clipneg.train.trackers import choose_trackers
 
 log = logging.getLogger("train")
 
@@ -77,14 +77,14 @@ def build_model(cfg: TrainConfig) -> ClipBundle:
 def batches(cfg: TrainConfig, bundle: ClipBundle, state: TrainState, accelerator: Accelerator) -> Iterator[dict]:
     """Training batches on this process's device, epoch after epoch, starting where ``state`` says.
 
-    The loader is never passed to ``accelerator.prepare`` (it would shard a second time: clipneg.data splits shards by
+    The loader is never passed to ``accelerator.prepare`` (it would shard a second time: clipneg.train.data splits shards by
     node and worker itself). Resuming rebuilds the epoch's loader and skips the batches already trained on; loader
     creation and skipping run under a forked RNG seeded by (seed, epoch, rank), so worker augmentation seeds do not
     depend on when the loader was made, and skipping does not consume the restored training RNG.
     """
     skip = state.step - state.epoch_start_step
     preprocess = bundle.preprocess_train if cfg.data.augment else bundle.preprocess_val
-    # uint8 images from the loader, scaled and normalised here on the device (the same values; clipneg.pixels)
+    # uint8 images from the loader, scaled and normalised here on the device (the same values; clipneg.train.pixels)
     split = split_pixel_steps(preprocess) if cfg.data.uint8_images else None
     preprocess, finish = split if split else (preprocess, dict)
     while True:
@@ -268,7 +268,7 @@ def clamp_deepspeed_logit_scale(task: ContrastiveTask, max_value: float) -> None
 
 def main(argv: Sequence[str] | None = None, *,
          callbacks: Sequence[Callable[[TrainState], None]] = ()) -> dict[str, Any]:
-    """Train as configured by ``argv`` (see clipneg.config); return final metrics and paths.
+    """Train as configured by ``argv`` (see clipneg.train.config); return final metrics and paths.
 
     ``callbacks`` are called with the loop state after every optimizer step (tests use one to stop a run mid-way).
     """

@@ -114,7 +114,7 @@ def run_open_clip(args: argparse.Namespace, data: list[str], tag: str) -> float:
 
 
 def run_ours(args: argparse.Namespace, shards: Path, tag: str, extra: list[str]) -> float:
-    from clipneg.trackers import read_jsonl
+    from clipneg.train.trackers import read_jsonl
 
     run_dir = args.out / "runs"
     cmd = [sys.executable, str(ROOT / "train.py"), "--model.name", args.model, "--model.pretrained", "null",
@@ -136,11 +136,10 @@ def model_only(args: argparse.Namespace, k_text: int = 0) -> tuple[float, float]
     """(samples/s, training FLOPs per sample) of our task on one batch resident on the GPU."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from clipneg.config import OptimConfig
-    from clipneg.losses import LossConfig
     from clipneg.models import load_clip
-    from clipneg.optim import build_optimizer
-    from clipneg.task import ContrastiveTask
+    from clipneg.train.config import LossConfig, OptimConfig
+    from clipneg.train.optim import build_optimizer
+    from clipneg.train.task import ContrastiveTask
 
     torch.manual_seed(0)
     bundle = load_clip(args.model, device="cuda")

@@ -1,4 +1,4 @@
-"""Loader throughput: clipneg.data (K text + image negatives) vs a plain webdataset decode + transform pipeline.
+"""Loader throughput: clipneg.train.data (K text + image negatives) vs a plain webdataset decode + transform pipeline.
 
 Both read the same shards with the same workers, batch size, transform and tokenizer, in one run; rounds alternate
 between the two so that machine noise hits both. The plain pipeline decodes and transforms the positive image and
@@ -22,9 +22,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 import webdataset as wds  # noqa: E402
 
-from clipneg.data import LoaderConfig, build_loader  # noqa: E402
 from clipneg.models import load_clip  # noqa: E402
 from clipneg.shards import list_shards  # noqa: E402
+from clipneg.train.config import LoaderConfig  # noqa: E402
+from clipneg.train.data import build_loader  # noqa: E402
 
 
 def plain_loader(shards, preprocess, tokenizer, batch_size, workers):
@@ -60,7 +61,7 @@ def timed(loader, n_batches):
 
 
 def make_world_shards(out, n, image_size):
-    from clipneg.cli import main as clipneg_main
+    from clipneg.commands import main as clipneg_main
 
     clipneg_main(["world", "--out", out, "--n-train", str(n), "--n-test", "8", "--image-size", str(image_size),
                 "--shard-size", str(max(n // 8, 1))])
@@ -97,7 +98,7 @@ def main(argv=None):
     print(f"batch {args.batch_size}, workers {args.workers}, K_text {args.k_text}, K_image {args.k_image}, "
           f"model {args.model}, rounds {args.rounds} x {args.batches} batches")
     print(f"plain webdataset: {b:.2f} batches/s  ({b * args.batch_size:.0f} samples/s)  rounds {plain}")
-    print(f"clipneg.data:     {o:.2f} batches/s  ({o * args.batch_size:.0f} samples/s)  rounds {ours}")
+    print(f"clipneg.train.data:     {o:.2f} batches/s  ({o * args.batch_size:.0f} samples/s)  rounds {ours}")
     print(f"ratio clipneg/plain: {o / b:.2f}x")
 
 

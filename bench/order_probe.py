@@ -22,8 +22,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from clipneg.checkpoints import cpu_state
 from clipneg.models import load_clip
+from clipneg.train.checkpoints import cpu_state
 from clipneg.world import Renderer, World, world_config
 
 

@@ -5,8 +5,8 @@ On the H100 (session 4) ViT-B-32 training was bound by its 8 loader workers, and
 against our 2297 (0.89x). This measures, on the CPU, what each loader delivers with the same workers, batch and
 transform (ViT-B-32's training transform, open_clip tokenizer, 224 px JPEG shards without negatives):
 
-- clipneg.data with the whole transform per image (float32 batches, ``data.uint8_images: false``);
-- clipneg.data stopping before ToTensor + Normalize (uint8 batches), with ``PixelNormalizer`` finishing each batch in
+- clipneg.train.data with the whole transform per image (float32 batches, ``data.uint8_images: false``);
+- clipneg.train.data stopping before ToTensor + Normalize (uint8 batches), with ``PixelNormalizer`` finishing each batch in
   the consuming process, on the CPU cores the workers use too;
 - the same uint8 batches unfinished: what a GPU run's loader delivers, since train.py finishes them on the device;
 - open_clip_train's ``SyntheticDataset`` in a torch DataLoader, as `--dataset-type synthetic` builds it.
@@ -38,8 +38,9 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from gpu_throughput import make_data  # noqa: E402
 
-from clipneg.data import LoaderConfig, build_loader  # noqa: E402
-from clipneg.pixels import split_pixel_steps  # noqa: E402
+from clipneg.train.config import LoaderConfig  # noqa: E402
+from clipneg.train.data import build_loader  # noqa: E402
+from clipneg.train.pixels import split_pixel_steps  # noqa: E402
 
 
 def rate(loader, n_batches: int, finish=None) -> float:

@@ -20,7 +20,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from clipneg.models import load_clip
-from clipneg.text_buckets import encode_text_bucketed
+from clipneg.train.text_buckets import encode_text_bucketed
 
 SOT, EOT = 49406, 49407
 

@@ -47,7 +47,7 @@ DEFAULT_MODEL = "clipneg-tiny-rn"
 def make_world(folder: Path, preset: str, overrides: dict, n_train: int, n_test: int, jobs: int) -> None:
     """Render the world with `clipneg world` (shards written by ``jobs`` processes, then the benchmarks); the shards'
     manifest.json records the resolved WorldConfig."""
-    from clipneg.cli import main as clipneg
+    from clipneg.commands import main as clipneg
 
     code = clipneg(["world", "--out", str(folder), "--preset", preset, "--world-json", json.dumps(overrides),
                     "--n-train", str(n_train), "--n-test", str(n_test), "--shard-size", str(max(1, n_train // 8)),

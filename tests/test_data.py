@@ -5,9 +5,10 @@ import dataclasses
 import pytest
 import torch
 
-from clipneg.data import KindPhase, LoaderConfig, build_loader, loader_config_from_dict, weights_at
 from clipneg.schema import KIND_ID, NegImage, NegText, Paraphrase, Sample
 from clipneg.shards import write_shards
+from clipneg.train.config import KindPhase, LoaderConfig, from_dict
+from clipneg.train.data import build_loader, weights_at
 from tests.conftest import image_bytes
 
 KINDS = ["replace_obj", "replace_att", "swap_att", "replace_rel"]
@@ -153,7 +154,7 @@ def test_epoch_is_deterministic_for_a_seed_and_reshuffles_by_epoch(shards, tiny_
 def test_config_validation_and_yaml_form():
     with pytest.raises(ValueError, match="unknown negative kinds"):
         LoaderConfig(shards="x", kind_weights={"swap_attr": 1.0})
-    cfg = loader_config_from_dict({"shards": "x", "kind_schedule": [{"weights": {"replace_rel": 1}, "until_step": 3},
+    cfg = from_dict(LoaderConfig, {"shards": "x", "kind_schedule": [{"weights": {"replace_rel": 1}, "until_step": 3},
                                                                     {"weights": {"swap_att": 1}}]})
     assert cfg.kind_schedule[0] == KindPhase({"replace_rel": 1}, 3)
     assert weights_at(cfg, 2) == {"replace_rel": 1} and weights_at(cfg, 3) == {"swap_att": 1}

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from clipneg.cli import main
+from clipneg.commands import main
 
 
 @pytest.mark.slow

@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from clipneg.losses import HardNegativeLoss, LossConfig
 from clipneg.schema import KIND_LIST
+from clipneg.train.config import LossConfig
+from clipneg.train.losses import HardNegativeLoss
 
 from .test_losses import make_batch
 
@@ -135,7 +136,7 @@ def test_accelerate_launch_two_cpu_processes(tmp_path):
            "--eval.benchmarks", "[]"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=root)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    from clipneg.trackers import read_jsonl
+    from clipneg.train.trackers import read_jsonl
 
     rows = read_jsonl(tmp_path / "runs" / "ddp" / "log.jsonl")
     assert rows[-1]["step"] == 3

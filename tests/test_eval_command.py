@@ -6,16 +6,14 @@ import argparse
 import json
 
 import pytest
-from clipneg.eval.command import (
-    add_data_arguments,
-    add_eval_arguments,
-    add_report_arguments,
-    run_data,
-    run_eval,
-    run_report,
-)
 from clipneg.eval.model_checks import find_manifests, leakage_findings, leakage_warnings, quickgelu_warnings
 
+from clipneg.commands.data import add_arguments as add_data_arguments
+from clipneg.commands.data import run as run_data
+from clipneg.commands.eval import add_arguments as add_eval_arguments
+from clipneg.commands.eval import run as run_eval
+from clipneg.commands.report import add_arguments as add_report_arguments
+from clipneg.commands.report import run as run_report
 from tests.test_eval_sugarcrepe import make_sugarcrepe
 from tests.test_eval_support import solid, write_json
 

@@ -13,10 +13,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clipneg.config import ConfigError, OptimConfig, TrainConfig, parse_args, to_dict
-from clipneg.losses import HardNegativeLoss, LossConfig
-from clipneg.optim import lr_at, param_groups
 from clipneg.schema import KIND_ID, KIND_LIST
+from clipneg.train.config import ConfigError, LossConfig, OptimConfig, TrainConfig, parse_args, to_dict
+from clipneg.train.losses import HardNegativeLoss
+from clipneg.train.optim import lr_at, param_groups
 
 B, KT, KI, D = 6, 3, 2, 16
 SCALE = torch.tensor(14.0)
@@ -384,7 +384,7 @@ class CountingClip(torch.nn.Module):
 
 
 def test_task_encodes_each_tower_once_and_matches_the_loss(tiny_bundle):
-    from clipneg.task import ContrastiveTask
+    from clipneg.train.task import ContrastiveTask
 
     model = tiny_bundle.model
     g = torch.Generator().manual_seed(0)
@@ -429,7 +429,7 @@ def test_scalar_parameters_promoted_for_fsdp2_compute_the_same_losses(tiny_bundl
     must be unchanged by that, the EMA teacher's distillation included."""
     import copy
 
-    from clipneg.task import ContrastiveTask, promote_scalar_parameters
+    from clipneg.train.task import ContrastiveTask, promote_scalar_parameters
 
     g = torch.Generator().manual_seed(1)
     b, kt = 4, 2

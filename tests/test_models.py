@@ -91,9 +91,9 @@ def test_clear_errors_for_unknown_models(tmp_path):
 def test_channels_last_resnet_task_gives_the_same_losses_and_gradients():
     """Given the tiny ResNet CLIP in training mode (batch norm on batch statistics), when its image tower and the
     images are put in channels-last layout, then every loss term and every gradient equals the default layout's."""
-    from clipneg.losses import LossConfig
     from clipneg.schema import KIND_LIST
-    from clipneg.task import ContrastiveTask
+    from clipneg.train.config import LossConfig
+    from clipneg.train.task import ContrastiveTask
 
     bundle = load_clip("clipneg-tiny-rn", seed=0)
     g = torch.Generator().manual_seed(0)

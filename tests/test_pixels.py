@@ -11,8 +11,9 @@ from safetensors.torch import load_file
 from torchvision import transforms as T
 
 import train
-from clipneg.data import LoaderConfig, build_loader
-from clipneg.pixels import PixelNormalizer, split_pixel_steps, to_uint8_chw
+from clipneg.train.config import LoaderConfig
+from clipneg.train.data import build_loader
+from clipneg.train.pixels import PixelNormalizer, split_pixel_steps, to_uint8_chw
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import json
 
-from clipneg.cli import main
+from clipneg.commands import main
 from clipneg.shards import write_shards
 from clipneg.sources import CocoStats, iter_coco, iter_table, record_to_sample, sugarcrepe_image_ids
 from tests.conftest import image_bytes

@@ -10,7 +10,7 @@ import tarfile
 import pytest
 import webdataset as wds
 
-from clipneg.tar_stream import TarFormatError, tar_members, tarfile_to_samples
+from clipneg.tars import TarFormatError, tar_members, tarfile_to_samples
 from tests.test_data import _samples
 
 LONG = "deep/" * 30 + "long_key.txt"  # 162 characters: past ustar's 100-byte name and 155-byte prefix

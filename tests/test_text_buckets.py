@@ -7,10 +7,10 @@ import copy
 import pytest
 import torch
 
-from clipneg.losses import LossConfig
 from clipneg.schema import KIND_LIST
-from clipneg.task import ContrastiveTask
-from clipneg.text_buckets import encode_text_bucketed, unsupported_reason
+from clipneg.train.config import LossConfig
+from clipneg.train.task import ContrastiveTask
+from clipneg.train.text_buckets import encode_text_bucketed, unsupported_reason
 
 
 def _captions(n: int, seed: int = 0) -> list[str]:

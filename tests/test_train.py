@@ -16,10 +16,10 @@ from PIL import Image
 from safetensors.torch import load_file
 
 import train
-from clipneg.checkpoints import list_checkpoints
 from clipneg.schema import NegImage, NegText, Sample
 from clipneg.shards import write_shards
-from clipneg.trackers import read_jsonl
+from clipneg.train.checkpoints import list_checkpoints
+from clipneg.train.trackers import read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted(p.name for p in (ROOT / "configs").glob("*.yaml"))

@@ -25,7 +25,7 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RECIPES = ("clip", "negclip", "triplet")
 BENCHMARKS = ("sugarcrepe", "sugarcrepe_heldout")
 
@@ -81,7 +81,7 @@ def _train(recipe: str, out: Path, world: Path, seed: int, steps: int | None, mo
 
 
 def run(args: argparse.Namespace) -> int:
-    from clipneg.cli import main as clipneg
+    from clipneg.commands import main as clipneg
 
     out = Path(args.out).resolve()
     world = out / "world"

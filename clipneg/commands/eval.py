@@ -1,7 +1,6 @@
-"""`clipneg eval`, `clipneg report` and `clipneg data`: argument parsers and run functions.
+"""``clipneg eval``: score a model on SugarCrepe, ARO and other benchmarks with the official protocols.
 
-Imports here stay light (argparse, stdlib) so that `clipneg --help` is fast; torch and open_clip load inside the run
-functions.
+Imports here stay light (argparse, stdlib) so that `clipneg --help` is fast; torch and open_clip load inside ``run``.
 """
 
 from __future__ import annotations
@@ -38,25 +37,8 @@ Tie policy "official" means each benchmark's own rule: strict (a tie is wrong) e
 official argmax counts a tie with an identical perturbation as correct (first).
 """
 
-REPORT_EXAMPLES = """examples:
-  clipneg report results/ --out report/
-  clipneg report results/ --out report/ --baseline ViT-B-32-quickgelu__openai
-writes report/summary.md, report/summary.csv (one row per model, the published column layouts), and
-report/plots/<benchmark>.png (bars per model). With --baseline, deltas against that model's label.
-"""
 
-DATA_EXAMPLES = """examples:
-  clipneg data list
-  clipneg data download sugarcrepe coco-val2017 --out data/
-  clipneg data download aro --out data/          # VG-Relation, VG-Attribution JSONs and images (Google Drive)
-  clipneg data verify sugarcrepe --out data/
-Downloads resume where they stopped (HTTP Range) and are checked against pinned hashes where one is known; files
-without a pinned hash get their sha256 recorded beside them (<file>.sha256).
-"""
-
-
-# ---- eval -----------------------------------------------------------------------------------------------------------
-def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = EVAL_EXAMPLES
     parser.add_argument("benchmarks", nargs="+", metavar="BENCH", help="benchmarks to run (see below)")
@@ -136,9 +118,9 @@ def _device(spec: str) -> str:
     return spec
 
 
-def run_eval(args: argparse.Namespace) -> int:
-    from . import registry
-    from .results import result_path, safe_label
+def run(args: argparse.Namespace) -> int:
+    from clipneg.eval import registry
+    from clipneg.eval.results import result_path, safe_label
 
     names = registry.expand(args.benchmarks)
     specs = [registry.build_spec(n, args) for n in names]  # resolve data before loading the model
@@ -157,11 +139,10 @@ def run_eval(args: argparse.Namespace) -> int:
     import open_clip
     import torch
 
+    from clipneg.eval.model_checks import find_manifests, leakage_findings, leakage_warnings, quickgelu_warnings
+    from clipneg.eval.results import write_result
+    from clipneg.eval.scorer import Scorer, ScorerConfig
     from clipneg.models import load_clip
-
-    from .model_checks import find_manifests, leakage_findings, leakage_warnings, quickgelu_warnings
-    from .results import write_result
-    from .scorer import Scorer, ScorerConfig
 
     device = _device(args.device)
     t0 = time.perf_counter()
@@ -211,59 +192,3 @@ def _versions(open_clip, torch) -> dict[str, str]:
             "python": platform.python_version()}
 
 
-# ---- report ---------------------------------------------------------------------------------------------------------
-def add_report_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.epilog = REPORT_EXAMPLES
-    parser.add_argument("results", help="results folder written by `clipneg eval --out`")
-    parser.add_argument("--out", default="report", help="report folder (default report/)")
-    parser.add_argument("--baseline", default=None, help="model label to compute deltas against")
-    parser.add_argument("--benchmarks", nargs="+", default=None, help="only these benchmarks")
-    parser.add_argument("--no-plots", action="store_true", help="tables only")
-
-
-def run_report(args: argparse.Namespace) -> int:
-    from .report import ReportConfig, build_report
-
-    out = build_report(ReportConfig(results_dir=args.results, out_dir=args.out, baseline=args.baseline,
-                                    benchmarks=tuple(args.benchmarks or ()), plots=not args.no_plots))
-    for p in out:
-        print(p)
-    return 0
-
-
-# ---- data -----------------------------------------------------------------------------------------------------------
-def add_data_arguments(parser: argparse.ArgumentParser) -> None:
-    from .download import DATASETS
-
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.epilog = DATA_EXAMPLES
-    parser.add_argument("action", choices=("download", "verify", "list"), help="what to do")
-    parser.add_argument("datasets", nargs="*", metavar="NAME",
-                        help=f"datasets: {', '.join(DATASETS)} (groups: aro, all-public)")
-    parser.add_argument("--out", default="data", help="data root (default data/); eval reads it with --data-root")
-    parser.add_argument("--no-extract", action="store_true", help="keep zips, do not unpack them")
-    parser.add_argument("--timeout", type=float, default=60.0, help="seconds per network read (default 60)")
-
-
-def run_data(args: argparse.Namespace) -> int:
-    from .download import DATASETS, describe, download_dataset, expand_names, verify_dataset
-
-    if args.action == "list":
-        print(describe())
-        return 0
-    if not args.datasets:
-        print(f"name at least one dataset: {', '.join(DATASETS)}", file=sys.stderr)
-        return 2
-    status = 0
-    for name in expand_names(args.datasets):
-        if args.action == "download":
-            download_dataset(name, args.out, extract=not args.no_extract, timeout=args.timeout)
-        else:
-            problems = verify_dataset(name, args.out)
-            for p in problems:
-                print(f"{name}: {p}", file=sys.stderr)
-            status = status or int(bool(problems))
-            if not problems:
-                print(f"{name}: ok")
-    return status

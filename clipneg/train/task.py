@@ -17,8 +17,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from clipneg.losses import HardNegativeLoss, LossConfig, ema_update
-from clipneg.text_buckets import encode_text_bucketed, unsupported_reason
+from clipneg.train.config import LossConfig
+from clipneg.train.losses import HardNegativeLoss, ema_update
+from clipneg.train.text_buckets import encode_text_bucketed, unsupported_reason
 
 log = logging.getLogger(__name__)
 

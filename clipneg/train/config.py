@@ -9,7 +9,9 @@ field such as ``loss.kind_weights`` is allowed). Values are parsed as YAML and t
 ``1e-5`` is a float for a float field and ``null`` clears an optional field. Unknown keys are errors with a suggestion.
 The resolved config is written to ``<run>/config.yaml``; passing that file back as ``--config`` reproduces the run.
 
-Runtime facts (rank, device, run folder) are not configuration: they live in ``train.Runtime``.
+Every section lives here, so the training modules (data, losses, optim, task) all import from this one and none from
+each other's configs. Runtime facts (rank, device, process count, run folder) are not configuration: they come from
+the Accelerator and the run folder train.py makes.
 """
 
 from __future__ import annotations
@@ -25,8 +27,53 @@ from typing import Any
 
 import yaml
 
-from clipneg.data import LoaderConfig
-from clipneg.losses import LossConfig
+from clipneg.schema import KINDS
+
+
+@dataclass(frozen=True)
+class KindPhase:
+    """Per-kind weights in force until ``until_step`` (exclusive); None means until the end of training."""
+
+    weights: Mapping[str, float]
+    until_step: int | None = None
+
+
+@dataclass(frozen=True)
+class LoaderConfig:
+    shards: str = ""
+    batch_size: int = 64
+    k_text: int = 4
+    k_image: int = 0
+    # Relative weights per negative kind; a kind missing from the mapping is never drawn. None = all kinds equal.
+    kind_weights: Mapping[str, float] | None = None
+    kind_schedule: tuple[KindPhase, ...] | None = None
+    # Prefer negative images that depict one of the chosen negative captions (the TripletCLIP pair).
+    pair_images_with_texts: bool = True
+    # One of the caption's paraphrases (neg.json "paraphrases") per sample as "para_text" with up to k_para_neg of its
+    # word-order negatives as "para_neg", for the loss's paraphrase term; masks mark what a caption lacks.
+    paraphrases: bool = False
+    k_para_neg: int = 2
+    num_workers: int = 2
+    # Images leave the workers as uint8 and train.py scales and normalises them on the device (the same values, a
+    # quarter of the bytes, less work on the loader's cores; clipneg.train.pixels). Needs a transform ending in
+    # ToTensor + Normalize, as open_clip's do; otherwise the whole transform runs per image as before.
+    uint8_images: bool = True
+    # open_clip's training transform (RandomResizedCrop, scale 0.9-1) or, when false, the evaluation transform. At
+    # 32 px the crop's bicubic resampling blurs a small object's colour into its shape and shifts the layout; on the
+    # built-in world, training without it learned relations faster (docs/BENCHMARKS.md).
+    augment: bool = True
+    shuffle_buffer: int = 1000
+    shuffle_shards: bool = True
+    drop_last: bool = True
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for weights in [self.kind_weights or {}] + [p.weights for p in self.kind_schedule or ()]:
+            unknown = set(weights) - KINDS
+            if unknown:
+                raise ValueError(f"unknown negative kinds {sorted(unknown)} in loader weights; known: {sorted(KINDS)}")
+        if self.k_text < 0 or self.k_image < 0 or self.k_para_neg < 0 or self.batch_size < 1:
+            raise ValueError("k_text, k_image and k_para_neg must be >= 0 and batch_size >= 1")
 
 
 @dataclass(frozen=True)
@@ -35,7 +82,7 @@ class ModelConfig:
     pretrained: str | None = None  # open_clip tag (e.g. openai) or a checkpoint file
     force_quick_gelu: bool = False
     # > 0: encode captions in that many length groups, each cut at its longest caption (exact for causal text towers
-    # with end-of-text pooling; a CPU speed-up for short captions, clipneg.text_buckets). 0: open_clip's own path.
+    # with end-of-text pooling; a CPU speed-up for short captions, clipneg.train.text_buckets). 0: open_clip's path.
     text_buckets: int = 0
     # Image tower weights and input images in channels-last (NHWC) layout: the same function, and convolutional towers
     # run faster (on 1 CPU core a tiny ResNet's forward + backward took 240 instead of 410 ms for 192 images).
@@ -47,6 +94,50 @@ class ModelConfig:
     lock_text: bool = False  # freeze the text tower except its last `lock_text_unlocked_layers` layers
     lock_text_unlocked_layers: int = 0
     lock_text_freeze_layer_norm: bool = True
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Weights and switches of the loss family; a weight of 0 turns a term off (and the batch may omit its inputs)."""
+
+    contrastive: float = 1.0  # CLIP / NegCLIP term
+    neg_text_columns: bool = False  # NegCLIP: negative captions as extra image-to-text columns
+    neg_image_columns: bool = False  # negative images as extra text-to-image columns
+    triplet: float = 0.0  # TripletCLIP's NegCLIP(I', T', T)
+    hard_negative: float = 0.0  # per-sample (1+K)-way term (FSC-CLIP uses 0.5)
+    focal_gamma: float = 0.0  # FSC-CLIP: 2.0
+    label_smoothing: float = 0.0  # FSC-CLIP: 0.02
+    rank: float = 0.0  # CE-CLIP cross-modal rank (0.2)
+    rank_max_threshold: float = 10.0
+    distill: float = 0.0  # DeGLA feature distillation (0.005)
+    distill_ema: float = 0.9996  # teacher decay per optimizer step
+    paraphrase: float = 0.0  # caption <-> paraphrase against word-order negatives (text only; data.paraphrases)
+    paraphrase_scale: float | None = None  # logit scale of that term; None: the model's learned one
+    kind_weights: dict[str, float] = field(default_factory=dict)  # weight per negative kind; unlisted kinds weigh 1
+
+    def __post_init__(self) -> None:
+        for name in ("contrastive", "triplet", "hard_negative", "rank", "distill", "paraphrase", "focal_gamma",
+                     "label_smoothing"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"loss.{name} must be >= 0 (got {getattr(self, name)})")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"loss.label_smoothing must be in [0, 1) (got {self.label_smoothing})")
+        if self.paraphrase_scale is not None and self.paraphrase_scale <= 0:
+            raise ValueError(f"loss.paraphrase_scale must be > 0, or null for the model's logit scale "
+                             f"(got {self.paraphrase_scale})")
+        if not 0.0 <= self.distill_ema < 1.0:
+            raise ValueError(f"loss.distill_ema must be in [0, 1) (got {self.distill_ema})")
+        bad = {k: w for k, w in self.kind_weights.items() if w < 0}
+        if bad:
+            raise ValueError(f"loss.kind_weights must be >= 0 (got {bad})")
+
+    @property
+    def uses_neg_text(self) -> bool:
+        return self.neg_text_columns or self.triplet > 0 or self.hard_negative > 0 or self.rank > 0
+
+    @property
+    def uses_neg_image(self) -> bool:
+        return self.neg_image_columns or self.triplet > 0
 
 
 @dataclass(frozen=True)

@@ -11,10 +11,10 @@ batch = {"image": [B,3,H,W], "text": [B,L], "neg_text": [B,Kt,L], "neg_text_mask
 
 K is fixed and missing negatives are masked, so shapes are static whatever a sample carries. Images are float32 when
 the transform ends in ToTensor + Normalize, or uint8 when it stops before them (train.py's default,
-``data.uint8_images``): clipneg.pixels.PixelNormalizer then finishes the batch on the device, to the same values.
+``data.uint8_images``): clipneg.train.pixels.PixelNormalizer then finishes the batch on the device, to the same values.
 
 The pipeline is an explicit ``wds.DataPipeline``: shard list (shuffled by seed + epoch, identically on every rank)
--> ``split_by_node`` -> ``split_by_worker`` -> samples (webdataset's, with clipneg.tar_stream's faster tar parser)
+-> ``split_by_node`` -> ``split_by_worker`` -> samples (webdataset's, with clipneg.tars's faster tar parser)
 -> buffer shuffle -> negative selection and decoding -> batches built inside the worker. It must NOT go through
 ``accelerator.prepare``: that would shard a second time or dispatch from rank 0 (PROTOCOLS.md §4). Every sample is
 seen exactly once per epoch across workers and ranks as long as there are at least ranks x workers shards
@@ -33,7 +33,6 @@ import io
 import logging
 import random
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -41,59 +40,13 @@ import webdataset as wds
 from PIL import Image
 from torch.utils.data import default_collate
 
-from clipneg.pixels import to_uint8_chw
-from clipneg.schema import IMAGE_EXTS, KIND_ID, KINDS, parse_neg_json
+from clipneg.schema import IMAGE_EXTS, KIND_ID, parse_neg_json
 from clipneg.shards import list_shards
-from clipneg.tar_stream import tarfile_to_samples
+from clipneg.tars import tarfile_to_samples
+from clipneg.train.config import LoaderConfig
+from clipneg.train.pixels import to_uint8_chw
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class KindPhase:
-    """Per-kind weights in force until ``until_step`` (exclusive); None means until the end of training."""
-
-    weights: Mapping[str, float]
-    until_step: int | None = None
-
-
-@dataclass(frozen=True)
-class LoaderConfig:
-    shards: str = ""
-    batch_size: int = 64
-    k_text: int = 4
-    k_image: int = 0
-    # Relative weights per negative kind; a kind missing from the mapping is never drawn. None = all kinds equal.
-    kind_weights: Mapping[str, float] | None = None
-    kind_schedule: tuple[KindPhase, ...] | None = None
-    # Prefer negative images that depict one of the chosen negative captions (the TripletCLIP pair).
-    pair_images_with_texts: bool = True
-    # One of the caption's paraphrases (neg.json "paraphrases") per sample as "para_text" with up to k_para_neg of its
-    # word-order negatives as "para_neg", for the loss's paraphrase term; masks mark what a caption lacks.
-    paraphrases: bool = False
-    k_para_neg: int = 2
-    num_workers: int = 2
-    # Images leave the workers as uint8 and train.py scales and normalises them on the device (the same values, a
-    # quarter of the bytes, less work on the loader's cores; clipneg.pixels). Needs a transform ending in ToTensor +
-    # Normalize, as open_clip's do; otherwise the whole transform runs per image as before.
-    uint8_images: bool = True
-    # open_clip's training transform (RandomResizedCrop, scale 0.9-1) or, when false, the evaluation transform. At
-    # 32 px the crop's bicubic resampling blurs a small object's colour into its shape and shifts the layout; on the
-    # built-in world, training without it learned relations faster (docs/BENCHMARKS.md).
-    augment: bool = True
-    shuffle_buffer: int = 1000
-    shuffle_shards: bool = True
-    drop_last: bool = True
-    seed: int = 0
-    extra: Mapping[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        for weights in [self.kind_weights or {}] + [p.weights for p in self.kind_schedule or ()]:
-            unknown = set(weights) - KINDS
-            if unknown:
-                raise ValueError(f"unknown negative kinds {sorted(unknown)} in loader weights; known: {sorted(KINDS)}")
-        if self.k_text < 0 or self.k_image < 0 or self.k_para_neg < 0 or self.batch_size < 1:
-            raise ValueError("k_text, k_image and k_para_neg must be >= 0 and batch_size >= 1")
 
 
 def weights_at(cfg: LoaderConfig, step: int) -> Mapping[str, float] | None:
@@ -155,7 +108,7 @@ class NegativeDecoder:
 
     def _image(self, data: bytes) -> torch.Tensor:
         # A transform that stops before ToTensor + Normalize leaves a PIL image: it travels as uint8, and
-        # clipneg.pixels.PixelNormalizer finishes it on the training device.
+        # clipneg.train.pixels.PixelNormalizer finishes it on the training device.
         image = self.preprocess(_decode_image(data))
         return image if torch.is_tensor(image) else to_uint8_chw(image)
 
@@ -253,23 +206,4 @@ def build_loader(cfg: LoaderConfig, *, preprocess: Callable, tokenizer: Callable
                          pin_memory=torch.cuda.is_available())
 
 
-def epoch_batches(cfg: LoaderConfig, world_size: int = 1) -> int | None:
-    """Batches per rank per epoch when sizes.json is there, assuming even shards; None when unknown."""
-    from clipneg.shards import read_sizes
-
-    sizes = read_sizes(cfg.shards)
-    if not sizes:
-        return None
-    return sum(sizes.values()) // (cfg.batch_size * world_size)
-
-
-def loader_config_from_dict(d: Mapping[str, Any]) -> LoaderConfig:
-    """Build a LoaderConfig from plain YAML/JSON data (kind_schedule as a list of {weights, until_step})."""
-    d = dict(d)
-    if d.get("kind_schedule") is not None:
-        d["kind_schedule"] = tuple(KindPhase(dict(p["weights"]), p.get("until_step")) for p in d["kind_schedule"])
-    return LoaderConfig(**d)
-
-
-__all__ = ["KindPhase", "LoaderConfig", "build_loader", "build_pipeline", "collate", "epoch_batches",
-           "loader_config_from_dict", "select_negatives", "weights_at"]
+__all__ = ["build_loader", "build_pipeline", "collate", "select_negatives", "weights_at"]

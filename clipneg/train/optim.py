@@ -11,7 +11,7 @@ import math
 import torch
 from torch import nn
 
-from clipneg.config import OptimConfig
+from clipneg.train.config import OptimConfig
 
 
 def lr_at(step: int, cfg: OptimConfig, total_steps: int) -> float:

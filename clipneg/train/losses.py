@@ -63,62 +63,19 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from clipneg.train.config import LossConfig
+
 log = logging.getLogger(__name__)
 
 # Additive bias for masked columns: finite so 0 * bias stays 0 (no NaN), far enough below any logit (|s cos| <= 100)
 # that exp() underflows to exactly 0 in float32, so a masked column changes neither the value nor the gradients.
 MASKED = -1e9
-
-
-@dataclass(frozen=True)
-class LossConfig:
-    """Weights and switches of the loss family; a weight of 0 turns a term off (and the batch may omit its inputs)."""
-
-    contrastive: float = 1.0  # CLIP / NegCLIP term
-    neg_text_columns: bool = False  # NegCLIP: negative captions as extra image-to-text columns
-    neg_image_columns: bool = False  # negative images as extra text-to-image columns
-    triplet: float = 0.0  # TripletCLIP's NegCLIP(I', T', T)
-    hard_negative: float = 0.0  # per-sample (1+K)-way term (FSC-CLIP uses 0.5)
-    focal_gamma: float = 0.0  # FSC-CLIP: 2.0
-    label_smoothing: float = 0.0  # FSC-CLIP: 0.02
-    rank: float = 0.0  # CE-CLIP cross-modal rank (0.2)
-    rank_max_threshold: float = 10.0
-    distill: float = 0.0  # DeGLA feature distillation (0.005)
-    distill_ema: float = 0.9996  # teacher decay per optimizer step
-    paraphrase: float = 0.0  # caption <-> paraphrase against word-order negatives (text only; data.paraphrases)
-    paraphrase_scale: float | None = None  # logit scale of that term; None: the model's learned one
-    kind_weights: dict[str, float] = field(default_factory=dict)  # weight per negative kind; unlisted kinds weigh 1
-
-    def __post_init__(self) -> None:
-        for name in ("contrastive", "triplet", "hard_negative", "rank", "distill", "paraphrase", "focal_gamma",
-                     "label_smoothing"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"loss.{name} must be >= 0 (got {getattr(self, name)})")
-        if not 0.0 <= self.label_smoothing < 1.0:
-            raise ValueError(f"loss.label_smoothing must be in [0, 1) (got {self.label_smoothing})")
-        if self.paraphrase_scale is not None and self.paraphrase_scale <= 0:
-            raise ValueError(f"loss.paraphrase_scale must be > 0, or null for the model's logit scale "
-                             f"(got {self.paraphrase_scale})")
-        if not 0.0 <= self.distill_ema < 1.0:
-            raise ValueError(f"loss.distill_ema must be in [0, 1) (got {self.distill_ema})")
-        bad = {k: w for k, w in self.kind_weights.items() if w < 0}
-        if bad:
-            raise ValueError(f"loss.kind_weights must be >= 0 (got {bad})")
-
-    @property
-    def uses_neg_text(self) -> bool:
-        return self.neg_text_columns or self.triplet > 0 or self.hard_negative > 0 or self.rank > 0
-
-    @property
-    def uses_neg_image(self) -> bool:
-        return self.neg_image_columns or self.triplet > 0
 
 
 # ---------------------------------------------------------------------------------------------------------------------

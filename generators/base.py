@@ -1,0 +1,92 @@
+"""The generator protocol: a chunk of samples in, the same samples out with negatives added, or quarantined.
+
+A stage of ``clipneg generate`` (ARCHITECTURE.md, "Generator stage") is a small object with a ``name``, a
+``version``, a frozen config (written into the manifest by :meth:`Stage.manifest`) and one call. It takes a whole
+chunk because the work batches: spaCy's ``nlp.pipe``, LLM requests in flight, a diffusion batch. For every input it
+returns either the sample (negatives appended, each ``NegText`` / ``NegImage`` carrying kind, generator, seed and
+score) or a :class:`~clipneg.shards.Quarantined` with the reason; never fewer or more items than it was given, so the
+shard writer's reconciliation (inputs = written + quarantined) holds through any chain of stages.
+
+A filter has the same shape and removes negatives; each removal is counted by (kind, filter, reason) in the stage's
+:class:`StageStats`, which the command sums into the run summary and the manifest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from clipneg.schema import Sample
+from clipneg.shards import Quarantined
+
+
+@dataclass
+class StageStats:
+    """What a stage did, per negative kind: produced, rejected (by filter and reason) and kept."""
+
+    produced: Counter = field(default_factory=Counter)  # kind -> candidates made
+    rejected: Counter = field(default_factory=Counter)  # (kind, filter, reason) -> count
+    kept: Counter = field(default_factory=Counter)  # kind -> negatives attached to samples
+    samples_without: int = 0  # inputs that came out with no negative from this stage
+    extra: Counter = field(default_factory=Counter)  # backend counters (requests, cache hits, retries, tokens ...)
+
+    def reject(self, kind: str, filter_name: str, reason: str, n: int = 1) -> None:
+        self.rejected[(kind, filter_name, reason)] += n
+
+    def merge(self, other: StageStats) -> None:
+        self.produced.update(other.produced)
+        self.rejected.update(other.rejected)
+        self.kept.update(other.kept)
+        self.samples_without += other.samples_without
+        self.extra.update(other.extra)
+
+    def to_json(self) -> dict[str, Any]:
+        rejected: dict[str, dict[str, int]] = {}
+        for (kind, filt, reason), n in sorted(self.rejected.items()):
+            rejected.setdefault(kind, {})[f"{filt}: {reason}"] = n
+        return {"produced": dict(sorted(self.produced.items())), "rejected": rejected,
+                "kept": dict(sorted(self.kept.items())), "samples_without": self.samples_without,
+                "extra": dict(sorted(self.extra.items()))}
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> StageStats:
+        stats = cls(Counter(d.get("produced", {})), Counter(), Counter(d.get("kept", {})),
+                    int(d.get("samples_without", 0)), Counter(d.get("extra", {})))
+        for kind, reasons in d.get("rejected", {}).items():
+            for key, n in reasons.items():
+                filt, _, reason = key.partition(": ")
+                stats.rejected[(kind, filt, reason)] += n
+        return stats
+
+
+@runtime_checkable
+class Stage(Protocol):
+    """A generator or filter of ``clipneg generate``."""
+
+    name: str
+    version: str
+    stats: StageStats
+
+    def manifest(self) -> dict[str, Any]:
+        """Everything that determines the output (config, model ids, lexicon hashes); never secrets."""
+        ...
+
+    def __call__(self, chunk: Sequence[Sample]) -> list[Sample | Quarantined]:
+        """One result per input, in order."""
+        ...
+
+
+def config_hash(obj: Any) -> str:
+    """A short stable hash of JSON-able data (prompt templates, lexicons, configs) for the manifest."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def stable_seed(*parts: Any) -> int:
+    """A 63-bit seed from (caption, kind, base seed, ...): the same negative for the same inputs on any machine or
+    rank, unlike Python's salted ``hash``."""
+    digest = hashlib.sha256("\x1f".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
