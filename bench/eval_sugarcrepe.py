@@ -29,6 +29,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from clipneg.schema import SUGARCREPE_KINDS
+
 
 def make_placeholder_images(json_dir: Path, out_dir: Path, size: tuple[int, int] = (640, 480)) -> int:
     """One JPEG per filename named in the JSONs; content seeded by the name (distinct, deterministic)."""
@@ -90,7 +92,7 @@ def run_clip_benchmark(model, preprocess, tokenizer, image_dir: Path, json_dir: 
     from torch.utils.data import DataLoader
 
     out: dict = {"version": version("clip-benchmark")}
-    for subset in ("replace_obj", "replace_att", "replace_rel", "swap_obj", "swap_att", "add_obj", "add_att"):
+    for subset in SUGARCREPE_KINDS:
         ds = SugarCrepe(root=str(image_dir), ann_file=str(json_dir / f"{subset}.json"), transform=preprocess)
         dl = DataLoader(ds, batch_size=64, num_workers=num_workers, collate_fn=image_captions_collate_fn)
         t0 = time.perf_counter()

@@ -1,7 +1,7 @@
 """Training throughput on one GPU: our loop vs open_clip's own trainer on ViT-B-32 (random init), bf16, batch 256,
 and the model FLOPs utilisation (MFU).
 
-    python bench/gpu_throughput.py --out /tmp/gput                 # 120 steps of 256, 8 loader workers, 2 repeats
+    python bench/gpu_throughput.py --out runs/bench/gpu_throughput  # 120 steps of 256, 8 loader workers, 2 repeats
 
 Rows, each run `--repeats` times interleaved (median and best reported):
 - open_clip_train with `--dataset-type synthetic` (the issue's reference: one image, re-transformed per sample);

@@ -1,6 +1,6 @@
 """Can a tower tell which of two objects is on the left? A supervised probe of each CLIP tower on the built-in world.
 
-    python bench/order_probe.py --model local-dir:/tmp/wgM/runs/pretrain_s0/export               # both towers
+    python bench/order_probe.py --model local-dir:runs/bench/world_gain/runs/pretrain_s0/export   # both towers
     python bench/order_probe.py --model local-dir:runs/demo_world_triplet/export --towers text   # one tower
 
 Scenes: two objects side by side in one row of the world (demo preset), with different colours. Task: the colour of
@@ -10,7 +10,7 @@ square right of a red circle"; captions without a relation or a colour are skipp
 is trained on training-split scenes and scored on test-split scenes, first with the tower frozen (does the embedding
 already carry the order?), then with the tower trained too (can the tower learn it?). On the world's pretrained tiny
 CLIP both towers are near 50% frozen and near 100% within 100 trained steps, while contrastive fine-tuning with
-converse negatives leaves the order at chance (docs/BENCHMARKS.md, session 5).
+converse negatives leaves the order at chance (docs/BENCHMARKS.md, world section).
 """
 
 from __future__ import annotations

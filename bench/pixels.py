@@ -1,13 +1,13 @@
 """Loader delivery at 224 px: float images vs uint8 images finished per batch, against open_clip's synthetic loader.
 
-On the H100 (session 4) ViT-B-32 training was bound by its 8 loader workers, and open_clip_train's synthetic dataset
-(the GPU goal's reference: one blank image, re-transformed per sample, no JPEG decoding) trained at 2567 samples/s
-against our 2297 (0.89x). This measures, on the CPU, what each loader delivers with the same workers, batch and
+On an H100 (docs/BENCHMARKS.md, GPU section) ViT-B-32 training was bound by its 8 loader workers, and
+open_clip_train's synthetic dataset (the GPU goal's reference: one blank image, re-transformed per sample, no JPEG
+decoding) trained at 2567 samples/s against our 2297 (0.89x). This measures, on the CPU, what each loader delivers with the same workers, batch and
 transform (ViT-B-32's training transform, open_clip tokenizer, 224 px JPEG shards without negatives):
 
 - clipneg.train.data with the whole transform per image (float32 batches, ``data.uint8_images: false``);
-- clipneg.train.data stopping before ToTensor + Normalize (uint8 batches), with ``PixelNormalizer`` finishing each batch in
-  the consuming process, on the CPU cores the workers use too;
+- clipneg.train.data stopping before ToTensor + Normalize (uint8 batches), with ``PixelNormalizer`` finishing each
+  batch in the consuming process, on the CPU cores the workers use too;
 - the same uint8 batches unfinished: what a GPU run's loader delivers, since train.py finishes them on the device;
 - open_clip_train's ``SyntheticDataset`` in a torch DataLoader, as `--dataset-type synthetic` builds it.
 

@@ -1,7 +1,8 @@
 """Training throughput on the CPU: our loop vs open_clip's own trainer, then the cost of hard negatives.
 
-    python bench/train_throughput.py --out /tmp/tput                # defaults: tiny CLIP, batch 128, fp32, 40 steps
-    python bench/train_throughput.py --out /tmp/tput --threads 2 --workers 2 --repeats 3
+    python bench/train_throughput.py --out runs/bench/train_throughput
+        # defaults: tiny CLIP, batch 128, fp32, 40 steps
+    python bench/train_throughput.py --out runs/bench/train_throughput --threads 2 --workers 2 --repeats 3
 
 Same model (clipneg-tiny exported to a local-dir folder, so both trainers build it the same way), same 32 px PNG
 images, batch, precision, threads and loader workers. open_clip_train reads them from a CSV (its `--dataset-type csv`,

@@ -1,9 +1,11 @@
 """Does hard-negative fine-tuning fix composition on the built-in world? The measurement behind the demo's claim.
 
-    python bench/world_gain.py --out /tmp/world_gain              # 3 seeds, 2 jobs in parallel (2-core CPU)
-    python bench/world_gain.py --out /tmp/world_gain --breakdown  # + accuracy by novelty and by edit
-    python bench/world_gain.py --out /tmp/wg_vit --model '{"vision_cfg": {"width": 128}}'   # clipneg-tiny's ViT, wider
-    python bench/world_gain.py --out /tmp/wg --seeds 0 --recipes clip triplet --finetune-steps 100   # a quick look
+    python bench/world_gain.py --out runs/bench/world_gain              # 3 seeds, 2 jobs in parallel (2-core CPU)
+    python bench/world_gain.py --out runs/bench/world_gain --breakdown  # + accuracy by novelty and by edit
+    python bench/world_gain.py --out runs/bench/world_gain_vit --model '{"vision_cfg": {"width": 128}}'
+        # clipneg-tiny's ViT, wider
+    python bench/world_gain.py --out runs/bench/wg_quick --seeds 0 --recipes clip triplet --finetune-steps 100
+        # a quick look
 
 1. Renders the world (--preset, default demo, plus WorldConfig overrides in --world, like `clipneg world --preset P
    --world-json J`): training shards with the exact negatives of every SugarCrepe kind and a counterfactual image per
@@ -34,8 +36,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from clipneg.schema import SUGARCREPE_KINDS
+
 ROOT = Path(__file__).resolve().parents[1]
-KINDS = ("replace_obj", "replace_att", "replace_rel", "swap_obj", "swap_att", "add_obj", "add_att")
 SPLITS = ("sugarcrepe", "sugarcrepe_heldout")
 SWAPS = ("swap_obj", "swap_att")
 DEFAULT_WORLD = "{}"  # the demo preset as it is (clipneg.world.config.PRESETS)
@@ -157,7 +160,7 @@ def check_goal(table: dict, baseline: str = "clip") -> dict:
     the largest mean gain on the failing kinds."""
     base = table[baseline]
     verdicts = {}
-    failure = {s: [k for k in KINDS if base[f"{s}/{k}"]["mean"] <= 70.0] for s in SPLITS}
+    failure = {s: [k for k in SUGARCREPE_KINDS if base[f"{s}/{k}"]["mean"] <= 70.0] for s in SPLITS}
     shows_failure = all(f"{s}/replace_rel" in [f"{s}/{k}" for k in failure[s]] and any(k in SWAPS for k in failure[s])
                         for s in SPLITS)
     for recipe, row in table.items():
@@ -165,7 +168,7 @@ def check_goal(table: dict, baseline: str = "clip") -> dict:
             continue
         gains, problems = {}, []
         for s in SPLITS:
-            for k in KINDS:
+            for k in SUGARCREPE_KINDS:
                 key = f"{s}/{k}"
                 delta = row[key]["mean"] - base[key]["mean"]
                 gains[key] = delta
@@ -190,10 +193,10 @@ def markdown(table: dict, goal: dict, timing: dict) -> str:
     lines = []
     for s in SPLITS:
         lines.append(f"\n{s} (accuracy %, mean +- std over seeds; SugarCrepe rule, ties wrong)\n")
-        lines.append("| model | " + " | ".join(KINDS) + " | R@1 |")
-        lines.append("|---" * (len(KINDS) + 2) + "|")
+        lines.append("| model | " + " | ".join(SUGARCREPE_KINDS) + " | R@1 |")
+        lines.append("|---" * (len(SUGARCREPE_KINDS) + 2) + "|")
         for recipe, row in table.items():
-            cells = [f"{row[f'{s}/{k}']['mean']:.1f} +- {row[f'{s}/{k}']['std']:.1f}" for k in KINDS]
+            cells = [f"{row[f'{s}/{k}']['mean']:.1f} +- {row[f'{s}/{k}']['std']:.1f}" for k in SUGARCREPE_KINDS]
             cells.append(f"{row[f'{s}/r1']['mean']:.1f} +- {row[f'{s}/r1']['std']:.1f}")
             lines.append(f"| {recipe} | " + " | ".join(cells) + " |")
     lines.append(f"\nbest hard-negative recipe: {goal['best']}; goal met: {goal['goal_met']}; "
@@ -210,7 +213,7 @@ def breakdown_markdown(found: dict[str, list[dict]]) -> str:
         n = next((r[split][kind][group]["n"] for r in runs if group in r[split].get(kind, {})), 0)
         return f"{statistics.fmean(accs):.1f} ({n})" if accs else "-"
 
-    novel = [(k, g) for k in KINDS for g in ("pair", "triple only")]
+    novel = [(k, g) for k in SUGARCREPE_KINDS for g in ("pair", "triple only")]
     lines = ["\n\nheld-out accuracy by what is novel in the caption (mean over seeds; n items)\n",
              "| model | " + " | ".join(f"{k}: {g}" for k, g in novel) + " |", "|---" * (len(novel) + 1) + "|"]
     lines += [f"| {recipe} | " + " | ".join(cell(runs, SPLITS[1], k, g) for k, g in novel) + " |"

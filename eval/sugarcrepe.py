@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from clipneg.schema import SUGARCREPE_KINDS
+
 from .download import SUGARCREPE_SHA256
 from .items import ImageRef, Item, require_images, sha256_file
 from .metrics import Tally, macro
@@ -26,7 +28,7 @@ from .scorer import Scorer, check_tie_policy, choose_text
 
 logger = logging.getLogger(__name__)
 
-SUBSETS = ("replace_obj", "replace_att", "replace_rel", "swap_obj", "swap_att", "add_obj", "add_att")
+SUBSETS = SUGARCREPE_KINDS
 GROUPS = {"replace": SUBSETS[0:3], "swap": SUBSETS[3:5], "add": SUBSETS[5:7]}
 OFFICIAL_COUNTS = {"add_att": 692, "add_obj": 2062, "replace_att": 788, "replace_obj": 1652, "replace_rel": 1406,
                    "swap_att": 666, "swap_obj": 245}

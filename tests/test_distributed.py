@@ -44,8 +44,8 @@ def global_batch() -> dict[str, torch.Tensor]:
     a, b = make_batch(seed=0), make_batch(seed=10)
     batch = {k: (torch.cat([a[k], b[k]]) if k != "logit_scale" else a[k]) for k in a}
     batch["neg_text_mask"][6:, :2] = False  # the second process has far fewer valid negatives
-    batch["paraphrase_mask"][6:9] = False  # and fewer paraphrases
-    batch["paraphrase_neg_mask"][6:, 1] = False
+    batch["para_mask"][6:9] = False  # and fewer paraphrases
+    batch["para_neg_mask"][6:, 1] = False
     batch["teacher_image_features"] = torch.roll(batch["image_features"], 1, 0)
     batch["teacher_text_features"] = torch.roll(batch["text_features"], 1, 0)
     return batch

@@ -120,3 +120,20 @@ def test_missing_spacy_model_error_is_clear():
 
     with pytest.raises(RuntimeError, match="spacy download en_core_web_sm"):
         load_spacy(("no_such_model_xyz",))
+
+
+def test_protocol_names_the_tokeniser_of_each_perturbation(tmp_path):
+    cfg = make_order(tmp_path, ["a red dog"])
+    caps = ["a red dog"]
+    opts = {o for s in cfg.seeds for o in perturbed_options(fake_tagger(caps), caps, s)[0]}
+    res = evaluate_order(stub_scorer({t: [1.0, 0, 0] for t in opts})[0], cfg, tagger=fake_tagger)
+    tok = res.protocol["tokenizer"]
+    assert tok["shuffle_trigrams"] == tok["shuffle_within_trigrams"] == "nltk.word_tokenize(preserve_line=True)"
+    assert tok["shuffle_nouns_and_adj"] == "spacy fake"
+
+
+def test_kind_names_are_the_schema_names():
+    from clipneg.schema import KIND_ID
+
+    # ARO's official names, at the ids the schema always gave the order perturbations
+    assert [KIND_ID[k] for k in PERTURBATIONS] == [7, 8, 9, 10]

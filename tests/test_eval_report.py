@@ -9,7 +9,9 @@ import pytest
 from clipneg.eval.report import ReportConfig, build_report, split_benchmark
 from clipneg.eval.results import BenchmarkResult, load_results, result_path, safe_label, write_result
 
-SUBSETS = ("replace_obj", "replace_att", "replace_rel", "swap_obj", "swap_att", "add_obj", "add_att")
+from clipneg.schema import SUGARCREPE_KINDS
+
+SUBSETS = SUGARCREPE_KINDS
 
 
 def sugarcrepe_result(base: float) -> BenchmarkResult:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from clipneg.eval.items import ImageRef, Item, make_item
-from clipneg.eval.scorer import ScorerConfig, beats, decide, is_tie, load_image, rank_of
+from clipneg.eval.scorer import ScorerConfig, beats, decide, is_tie, rank_of
 from PIL import Image
 
+from clipneg.encoder import load_image
 from tests.test_eval_support import BLUE, GREEN, RED, solid, stub_scorer
 
 TABLE = {"red": [1, 0, 0], "red too": [1, 0, 0], "green": [0, 1, 0], "blue": [0, 0, 1], "reddish": [1, 1, 0]}

@@ -53,11 +53,11 @@ def make_batch(seed: int = 0) -> dict[str, torch.Tensor]:
         "neg_image_features": unit(B, KI, D, seed=seed + 3),
         "neg_image_mask": torch.rand(B, KI, generator=g) > 0.2,
         "neg_image_text": torch.tensor([[0, 1], [2, -1], [1, 0], [0, 2], [-1, -1], [1, 2]]),
-        "paraphrase_features": unit(B, D, seed=seed + 4),
-        "paraphrase_mask": torch.tensor([True, True, False, True, True, True]),
-        "paraphrase_neg_features": unit(B, 2, D, seed=seed + 5),
-        "paraphrase_neg_mask": torch.tensor([[True, True], [True, False], [True, True], [False, False], [True, True],
-                                             [False, True]]),
+        "para_text_features": unit(B, D, seed=seed + 4),
+        "para_mask": torch.tensor([True, True, False, True, True, True]),
+        "para_neg_features": unit(B, 2, D, seed=seed + 5),
+        "para_neg_mask": torch.tensor([[True, True], [True, False], [True, True], [False, False], [True, True],
+                                       [False, True]]),
     }
 
 
@@ -124,30 +124,30 @@ def test_paraphrase_term_contrasts_caption_and_paraphrase_with_word_order_negati
     cfg = dataclasses.replace(NEG_TERMS["paraphrase"], paraphrase_scale=scale)
     s = SCALE if scale is None else scale
     out, grads = run(cfg, batch)
-    txt, para, neg = batch["text_features"], batch["paraphrase_features"], batch["paraphrase_neg_features"]
+    txt, para, neg = batch["text_features"], batch["para_text_features"], batch["para_neg_features"]
     losses = []
     for i in range(B):
-        valid = batch["paraphrase_neg_mask"][i]
-        if batch["paraphrase_mask"][i] and valid.any():
+        valid = batch["para_neg_mask"][i]
+        if batch["para_mask"][i] and valid.any():
             for anchor, pos in ((txt[i], para[i]), (para[i], txt[i])):
                 logits = s * torch.cat([(anchor * pos).sum(-1, keepdim=True), neg[i][valid] @ anchor])
                 losses.append(F.cross_entropy(logits[None], torch.zeros(1, dtype=torch.long)) / 2)
-    n_anchors = sum(bool(batch["paraphrase_mask"][i] and batch["paraphrase_neg_mask"][i].any()) for i in range(B))
+    n_anchors = sum(bool(batch["para_mask"][i] and batch["para_neg_mask"][i].any()) for i in range(B))
     assert n_anchors == 4
     torch.testing.assert_close(out["paraphrase_loss"], torch.stack(losses).sum() / n_anchors)
     # text only, and nothing from the caption's own negatives
     for k in ("image_features", "neg_image_features", "neg_text_features"):
         assert grads[k].abs().max() == 0, k
-    assert grads["paraphrase_features"][2].abs().max() == 0 and grads["text_features"][2].abs().max() == 0
-    assert grads["paraphrase_features"][0].abs().max() > 0 and grads["paraphrase_neg_features"][0].abs().max() > 0
-    keep = batch["paraphrase_mask"][:, None] & batch["paraphrase_neg_mask"]
-    assert grads["paraphrase_neg_features"][~keep].abs().max() == 0
-    changed = dict(batch, paraphrase_features=torch.where(batch["paraphrase_mask"][:, None],
-                                                          batch["paraphrase_features"], unit(B, D, seed=79)),
-                   paraphrase_neg_features=torch.where(keep[..., None], neg, unit(B, 2, D, seed=80)))
+    assert grads["para_text_features"][2].abs().max() == 0 and grads["text_features"][2].abs().max() == 0
+    assert grads["para_text_features"][0].abs().max() > 0 and grads["para_neg_features"][0].abs().max() > 0
+    keep = batch["para_mask"][:, None] & batch["para_neg_mask"]
+    assert grads["para_neg_features"][~keep].abs().max() == 0
+    changed = dict(batch, para_text_features=torch.where(batch["para_mask"][:, None],
+                                                         batch["para_text_features"], unit(B, D, seed=79)),
+                   para_neg_features=torch.where(keep[..., None], neg, unit(B, 2, D, seed=80)))
     torch.testing.assert_close(run(cfg, changed)[0]["paraphrase_loss"], out["paraphrase_loss"], rtol=0, atol=0)
     with pytest.raises(ValueError, match="data.paraphrases"):
-        run(NEG_TERMS["paraphrase"], {k: v for k, v in batch.items() if not k.startswith("paraphrase")})
+        run(NEG_TERMS["paraphrase"], {k: v for k, v in batch.items() if not k.startswith("para_")})
 
 
 def test_focal_and_label_smoothing_follow_fsc_clip():
@@ -238,8 +238,8 @@ def test_masked_negative_changes_nothing(name):
                                                unit(B, KT, D, seed=77))
     changed["neg_image_features"] = torch.where(batch["neg_image_mask"][..., None], batch["neg_image_features"],
                                                 unit(B, KI, D, seed=78))
-    changed["paraphrase_neg_features"] = torch.where(batch["paraphrase_neg_mask"][..., None],
-                                                     batch["paraphrase_neg_features"], unit(B, 2, D, seed=81))
+    changed["para_neg_features"] = torch.where(batch["para_neg_mask"][..., None],
+                                               batch["para_neg_features"], unit(B, 2, D, seed=81))
     other, g_other = run(cfg, changed)
     for k in base:
         torch.testing.assert_close(base[k], other[k], rtol=0, atol=1e-6)
@@ -290,9 +290,9 @@ def test_harder_negative_raises_loss(name):
         hard = dict(batch)
         hard["text_features"] = F.normalize(batch["neg_image_features"][:, 0] + 0.2 * batch["text_features"], -1)
     if name == "paraphrase":  # its anchors are the caption and its paraphrase: harder = a negative nears the caption
-        hard = dict(batch, paraphrase_neg_features=batch["paraphrase_neg_features"].clone())
-        hard["paraphrase_neg_features"][:, 0] = F.normalize(
-            batch["text_features"] + 0.2 * batch["paraphrase_neg_features"][:, 0], -1)
+        hard = dict(batch, para_neg_features=batch["para_neg_features"].clone())
+        hard["para_neg_features"][:, 0] = F.normalize(
+            batch["text_features"] + 0.2 * batch["para_neg_features"][:, 0], -1)
     harder, _ = run(cfg, hard)
     term = next(iter(easy))
     assert harder[term] > easy[term] + 1e-3, (name, easy[term].item(), harder[term].item())
@@ -307,7 +307,7 @@ def test_gradients_reach_negative_features(name):
     if uses_texts:
         assert grads["neg_text_features"].abs().sum() > 0
     if name == "paraphrase":
-        assert grads["paraphrase_neg_features"].abs().sum() > 0
+        assert grads["para_neg_features"].abs().sum() > 0
     if uses_images:
         assert grads["neg_image_features"].abs().sum() > 0
     assert all(torch.isfinite(g).all() for g in grads.values())
@@ -416,9 +416,9 @@ def test_task_encodes_each_tower_once_and_matches_the_loss(tiny_bundle):
             neg_text_mask=batch["neg_text_mask"], neg_text_kind=batch["neg_text_kind"],
             neg_image_features=model.encode_image(batch["neg_image"].flatten(0, 1), normalize=True).view(b, ki, -1),
             neg_image_mask=batch["neg_image_mask"], neg_image_text=batch["neg_image_text"],
-            paraphrase_features=model.encode_text(batch["para_text"], normalize=True),
-            paraphrase_neg_features=model.encode_text(batch["para_neg"].flatten(0, 1), normalize=True).view(b, 2, -1),
-            paraphrase_mask=batch["para_mask"], paraphrase_neg_mask=batch["para_neg_mask"])
+            para_text_features=model.encode_text(batch["para_text"], normalize=True),
+            para_neg_features=model.encode_text(batch["para_neg"].flatten(0, 1), normalize=True).view(b, 2, -1),
+            para_mask=batch["para_mask"], para_neg_mask=batch["para_neg_mask"])
     assert "paraphrase_loss" in ref
     for k in ref:
         torch.testing.assert_close(out[k], ref[k], rtol=1e-4, atol=1e-5)
@@ -429,7 +429,8 @@ def test_scalar_parameters_promoted_for_fsdp2_compute_the_same_losses(tiny_bundl
     must be unchanged by that, the EMA teacher's distillation included."""
     import copy
 
-    from clipneg.train.task import ContrastiveTask, promote_scalar_parameters
+    from clipneg.train.backends import promote_scalar_parameters
+    from clipneg.train.task import ContrastiveTask
 
     g = torch.Generator().manual_seed(1)
     b, kt = 4, 2
@@ -438,6 +439,10 @@ def test_scalar_parameters_promoted_for_fsdp2_compute_the_same_losses(tiny_bundl
              "neg_text": tiny_bundle.tokenizer([f"a blue ball {i}" for i in range(b * kt)]).view(b, kt, -1),
              "neg_text_mask": torch.ones(b, kt, dtype=torch.bool),
              "neg_text_kind": torch.zeros(b, kt, dtype=torch.long),
+             # ALL_TERMS has the triplet term and negative-image columns: they need negative images
+             "neg_image": torch.randn(b, 1, 3, 32, 32, generator=g),
+             "neg_image_mask": torch.ones(b, 1, dtype=torch.bool),
+             "neg_image_text": torch.zeros(b, 1, dtype=torch.long),
              "para_text": tiny_bundle.tokenizer([f"a cube {i} that is red" for i in range(b)]),
              "para_mask": torch.ones(b, dtype=torch.bool),
              "para_neg": tiny_bundle.tokenizer([f"a cube {i} that is blue" for i in range(b)]).view(b, 1, -1),
@@ -448,7 +453,7 @@ def test_scalar_parameters_promoted_for_fsdp2_compute_the_same_losses(tiny_bundl
     assert promote_scalar_parameters(promoted) == ["model.logit_scale", "teacher.logit_scale"]
     assert promoted.model.logit_scale.shape == (1,) and promoted.teacher.logit_scale.requires_grad is False
     out_a, out_b = plain(batch), promoted(batch)
-    assert out_a.keys() == out_b.keys() and "distill_loss" in out_a
+    assert out_a.keys() == out_b.keys() and {"distill_loss", "triplet_loss"} <= out_a.keys()
     for k in out_a:
         torch.testing.assert_close(out_b[k], out_a[k], rtol=0, atol=0)
     sum(out_a.values()).backward()

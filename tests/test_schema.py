@@ -5,6 +5,7 @@ import json
 import pytest
 
 from clipneg.schema import (
+    MAX_KEY_LEN,
     NegImage,
     NegText,
     Paraphrase,
@@ -88,3 +89,19 @@ def test_neg_json_naming_a_missing_member_is_rejected():
     del members["negimg.0.png"]
     with pytest.raises(SchemaError, match="no such member"):
         members_to_sample(members)
+
+
+def test_keys_too_long_for_a_tar_header_are_rejected_with_the_fix():
+    validate_key("k" * MAX_KEY_LEN)
+    with pytest.raises(SchemaError, match="at most 80 fit a tar member name"):
+        validate_key("k" * (MAX_KEY_LEN + 1))
+
+
+@pytest.mark.parametrize(("raw", "message"), [
+    (b"[1, 2]", "must be an object, not list"),
+    (json.dumps({"v": 1, "texts": ["just a string"]}), "texts must be a list of objects"),
+    (json.dumps({"v": 1, "texts": [], "images": {"member": "x"}}), "images must be a list of objects"),
+])
+def test_malformed_neg_json_is_a_schema_error(raw, message):
+    with pytest.raises(SchemaError, match=message):
+        parse_neg_json(raw)

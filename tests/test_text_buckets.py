@@ -45,14 +45,20 @@ def test_bucketed_text_features_and_gradients_equal_open_clip(tiny_bundle, bucke
 def test_task_with_buckets_gives_the_same_losses_and_rejects_towers_it_cannot_cut(tiny_bundle):
     b, kt = 6, 3
     text = tiny_bundle.tokenizer(_captions(b * (1 + kt), seed=2))
-    batch = {"image": torch.randn(b, 3, 32, 32, generator=torch.Generator().manual_seed(3)), "text": text[:b],
+    g = torch.Generator().manual_seed(3)
+    batch = {"image": torch.randn(b, 3, 32, 32, generator=g), "text": text[:b],
              "neg_text": text[b:].view(b, kt, -1), "neg_text_mask": torch.ones(b, kt, dtype=torch.bool),
-             "neg_text_kind": torch.zeros(b, kt, dtype=torch.long)}
+             "neg_text_kind": torch.zeros(b, kt, dtype=torch.long),
+             # the triplet term pairs each negative image with the negative caption it depicts (slot 1 here)
+             "neg_image": torch.randn(b, 1, 3, 32, 32, generator=g),
+             "neg_image_mask": torch.ones(b, 1, dtype=torch.bool),
+             "neg_image_text": torch.ones(b, 1, dtype=torch.long)}
     cfg = LossConfig(neg_text_columns=True, hard_negative=1.0, triplet=0.5, distill=0.1)
     plain = ContrastiveTask(copy.deepcopy(tiny_bundle.model), cfg, KIND_LIST).eval()
     cut = ContrastiveTask(copy.deepcopy(tiny_bundle.model), cfg, KIND_LIST, text_buckets=4).eval()
     a, c = plain(batch), cut(batch)
     assert a.keys() == c.keys() == {"contrastive_loss", "hard_negative_loss", "triplet_loss", "distill_loss"}
+    assert a["triplet_loss"] > 0  # a real term, not the zero it silently was without negative images
     for k in a:
         torch.testing.assert_close(c[k], a[k], rtol=1e-5, atol=1e-6)
 

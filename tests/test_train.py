@@ -294,7 +294,7 @@ def test_wandb_offline_run_records_config_and_every_scalar(shards, tmp_path, mon
 
 
 def test_tracker_choice(monkeypatch, tmp_path):
-    from clipneg import trackers
+    from clipneg.train import trackers
 
     installed = {"tensorboard"}
     monkeypatch.setattr(trackers, "_installed", lambda m: m in installed)

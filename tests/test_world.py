@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from clipneg.world import (
-    KINDS,
+    SUGARCREPE_KINDS,
     CaptionParseError,
     Description,
     Fact,
@@ -198,7 +198,8 @@ def test_every_negative_is_exact(examples: dict[str, list]) -> None:
     for split in examples.values():
         for ex in split:
             assert check_example(ex) == [], (ex.text, check_example(ex))
-            assert [n.kind for n in ex.negatives] == [k for k in KINDS if k in {n.kind for n in ex.negatives}]
+            present = {n.kind for n in ex.negatives}
+            assert [n.kind for n in ex.negatives] == [k for k in SUGARCREPE_KINDS if k in present]
             meanings = {meaning_key(d) for d in [ex.caption.desc] + [n.caption.desc for n in ex.negatives]}
             assert len(meanings) == 1 + len(ex.negatives)  # no two negatives say the same thing
             for neg in ex.negatives:
@@ -207,7 +208,7 @@ def test_every_negative_is_exact(examples: dict[str, list]) -> None:
                 assert not scene_satisfies(ex.scene, parse_caption(neg.text), strict=False)
                 assert scene_satisfies(neg.scene, parse_caption(neg.text), strict=True)
                 kinds[neg.kind] += 1
-    assert set(kinds) == set(KINDS)
+    assert set(kinds) == set(SUGARCREPE_KINDS)
     assert min(kinds.values()) > 100, kinds
 
 
@@ -437,8 +438,8 @@ def test_benchmark_export_formats(world: World, tmp_path: Path) -> None:
     counts = export_benchmarks(world, tmp_path, 20, progress=False)
     for name in ("sugarcrepe", "sugarcrepe_heldout"):
         folder = tmp_path / name
-        assert sorted(p.name for p in folder.glob("*.json")) == sorted(f"{k}.json" for k in KINDS)
-        for kind in KINDS:
+        assert sorted(p.name for p in folder.glob("*.json")) == sorted(f"{k}.json" for k in SUGARCREPE_KINDS)
+        for kind in SUGARCREPE_KINDS:
             items = json.loads((folder / f"{kind}.json").read_text())
             assert isinstance(items, dict) and len(items) == counts[name][kind]
             for key, item in items.items():
@@ -468,7 +469,7 @@ def test_benchmark_export_formats(world: World, tmp_path: Path) -> None:
 
 
 def test_cli_writes_shards_and_benchmarks(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    from clipneg.world import command
+    from clipneg.commands import world as command
 
     parser = argparse.ArgumentParser()
     command.add_arguments(parser)
@@ -493,3 +494,23 @@ def test_cli_writes_shards_and_benchmarks(tmp_path: Path, capsys: pytest.Capture
     assert (cfg["grid"], cfg["image_size"], cfg["rel_families"], cfg["object_probs"]) == (3, 32, [1], [0, 1, 0])
     for wrong in ('{"nope": 1}', "[1]", "{bad json"):
         assert command.run(parser.parse_args(["--out", str(tmp_path / "y"), "--world-json", wrong])) == 2
+
+
+def test_cli_with_two_processes_writes_the_same_shards(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    # Given the same world written by one process and by two (clipneg.shards.write_shards_in_processes)
+    from clipneg.commands import world as command
+
+    parser = argparse.ArgumentParser()
+    command.add_arguments(parser)
+    for workers in (1, 2):
+        args = parser.parse_args(["--out", str(tmp_path / f"w{workers}"), "--n-train", "10", "--n-test", "0",
+                                  "--image-size", "32", "--shard-size", "3", "--no-progress", "--workers",
+                                  str(workers)])
+        assert command.run(args) == 0
+    # Then every shard and the manifest's counts are the same
+    one, two = (sorted((tmp_path / f"w{w}" / "shards").glob("*.tar")) for w in (1, 2))
+    assert [p.name for p in one] == [p.name for p in two] and len(one) == 4
+    assert all(a.read_bytes() == b.read_bytes() for a, b in zip(one, two, strict=True))
+    m1, m2 = (json.loads((tmp_path / f"w{w}" / "shards" / "manifest.json").read_text()) for w in (1, 2))
+    assert m1["counts"] == m2["counts"] == {"inputs": 10, "written": 10, "quarantined": 0}
+    assert m1["neg_text_kinds"] == m2["neg_text_kinds"] and m1["info"] == m2["info"]

@@ -1,8 +1,8 @@
 """The ``clipneg`` command: one entry point, a subcommand per stage, one module per subcommand in this package.
 
 Each module (``clipneg.commands.<name>``) exposes ``add_arguments(parser)`` and ``run(args) -> int``; this module only
-wires them together. The command layer is the only part of clipneg that imports every other part. Command modules import heavy libraries (torch, open_clip) inside ``run`` so that ``--help``
-stays fast.
+wires them together. The command layer is the only part of clipneg that imports every other part. Command modules
+import heavy libraries (torch, open_clip) inside ``run`` so that ``--help`` stays fast.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("shard", "convert source pairs (webdataset/img2dataset shards, COCO captions, CSV/TSV/JSONL) to clipneg shards",
      "clipneg shard captions_train2014.json --image-dir coco/train2014 --out shards/coco\n"
      "  clipneg shard pairs.tsv --image-dir images/ --out shards/mine --shard-size 5000"),
+    ("generate", "make negative captions (rules, LLM) for source pairs or clipneg shards, with provenance",
+     "clipneg generate shards/coco --out shards/coco-neg --text rules --k-text 4"),
     ("inspect", "summarise shards (counts per negative kind) and write an HTML gallery of samples and their negatives",
      "clipneg inspect runs/world/shards --html gallery.html --limit 48"),
     ("eval", "score a model on SugarCrepe, ARO and other benchmarks with the official protocols",

@@ -13,6 +13,8 @@ import sys
 import time
 from datetime import datetime, timezone
 
+from clipneg.eval import registry
+
 logger = logging.getLogger(__name__)
 
 EVAL_EXAMPLES = """examples:
@@ -62,10 +64,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--tie-policy", choices=("official", "strict", "first", "random"), default="official",
                    help="how a tie between the positive and a negative is decided (default: each benchmark's own)")
     p.add_argument("--seed", type=int, default=0, help="seed for --tie-policy random")
-    p.add_argument("--order-seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4],
-                   help="ARO-Order perturbation seeds (mean and spread reported; default 0 1 2 3 4)")
-    p.add_argument("--order-mask-identical", action="store_true",
-                   help="ARO-Order: drop perturbations identical to the original caption")
     p.add_argument("--limit", type=int, default=None, help="first N items per subset (smoke runs; recorded)")
     r = parser.add_argument_group("runtime")
     r.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
@@ -74,40 +72,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     r.add_argument("--num-workers", type=int, default=min(8, os.cpu_count() or 1),
                    help="DataLoader workers decoding images (default: min(8, CPUs))")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
-    d = parser.add_argument_group("data")
+    d = parser.add_argument_group("data", "folders several benchmarks read; each benchmark's own flags follow")
     d.add_argument("--data-root", default=None,
                    help="the folder `clipneg data download --out` filled (sugarcrepe/, coco/, aro/, karpathy/)")
-    d.add_argument("--sugarcrepe", "--sugarcrepe-dir", dest="sugarcrepe", default=None,
-                   help="SugarCrepe JSON folder, or a root holding it and val2017/")
-    d.add_argument("--sugarcrepe-json", default=None, help="SugarCrepe JSON folder (when separate from --sugarcrepe)")
-    d.add_argument("--sugarcrepe-images", default=None,
-                   help="images the SugarCrepe JSONs name (default: --coco-val2017)")
-    d.add_argument("--sugarcrepe-subsets", nargs="+", default=None, help="only these subset files")
     d.add_argument("--coco-val2017", "--coco-dir", dest="coco_val2017", default=None,
                    help="COCO val2017 image folder (SugarCrepe, SugarCrepe++)")
-    d.add_argument("--aro", default=None, help="ARO folder: visual_genome_{relation,attribution}.json and images/")
-    d.add_argument("--aro-images", default=None, help="ARO image folder (default: images/ beside the JSONs)")
-    d.add_argument("--aro-relation-json", default=None, help="VG-Relation JSON file (overrides --aro)")
-    d.add_argument("--aro-attribution-json", default=None, help="VG-Attribution JSON file (overrides --aro)")
-    d.add_argument("--aro-min-pair-count", type=int, default=25,
-                   help="VG-Attribution: pairs with fewer items are left out of the headline (official 25; recorded)")
     d.add_argument("--karpathy", default=None, help="folder with coco_karpathy_test.json and flickr30k_test.json")
     d.add_argument("--coco-images", default=None, help="COCO root holding val2014/ (COCO-Order, COCO retrieval)")
     d.add_argument("--flickr-images", default=None, help="Flickr30k root holding flickr30k-images/")
-    d.add_argument("--sugarcrepe-pp", default=None, help="SugarCrepe++ JSON folder")
-    d.add_argument("--sugarcrepe-pp-images", default=None, help="SugarCrepe++ images (default: --coco-val2017)")
-    d.add_argument("--winoground", default=None, help="Winoground folder (examples.jsonl + images/)")
-    d.add_argument("--valse", default=None, help="VALSE JSON folder")
-    d.add_argument("--valse-images", default=None, help="VALSE image root")
-    d.add_argument("--valse-all", action="store_true", help="VALSE: all items, not only the valid subset")
-    d.add_argument("--zeroshot-root", default=None, help="ImageFolder for zero-shot classification")
-    d.add_argument("--zeroshot-name", default="zeroshot", help="result name for the zero-shot set (imagenet, ...)")
-    d.add_argument("--classnames", default="folders", help="folders | imagenet | FILE (.txt or .json)")
-    d.add_argument("--templates", default="openai", help="openai (80) | simple | FILE (one template per line, {c})")
-    d.add_argument("--retrieval-json", default=None, help="Karpathy-format JSON for `retrieval`")
-    d.add_argument("--retrieval-images", default=None, help="image root for `retrieval`")
-    d.add_argument("--retrieval-pre-caption", action="store_true",
-                   help="clean retrieval captions like ARO/BLIP (lowercase, strip punctuation, 30 words)")
+    for adapter in registry.ADAPTERS:  # then each benchmark family's own flags, in a group named after it
+        adapter.add_options(parser.add_argument_group(adapter.title, adapter.description))
 
 
 def _device(spec: str) -> str:
@@ -119,7 +93,6 @@ def _device(spec: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from clipneg.eval import registry
     from clipneg.eval.results import result_path, safe_label
 
     names = registry.expand(args.benchmarks)

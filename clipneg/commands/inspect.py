@@ -6,13 +6,13 @@ import argparse
 import base64
 import html
 import json
-import tarfile
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from clipneg.schema import Sample, SchemaError, members_to_sample
+from clipneg.schema import Sample
+from clipneg.shards import Quarantined
+from clipneg.sources import iter_clipneg_shards
 
 MIME = {"jpg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
 
@@ -24,42 +24,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
 
 
-def iter_samples(spec: str) -> Iterator[Sample | tuple[str, str]]:
-    """Samples of the shards in order; a sample that breaks the schema comes back as (key, error)."""
-    from clipneg.shards import list_shards
-
-    for url in list_shards(spec):
-        with tarfile.open(url) as tar:
-            group: dict[str, Any] = {}
-            for info in tar:
-                if not info.isfile():
-                    continue
-                key, _, ext = info.name.partition(".")
-                if group and group["__key__"] != key:
-                    yield _to_sample(group)
-                    group = {}
-                group["__key__"] = key
-                group[ext] = tar.extractfile(info).read()
-            if group:
-                yield _to_sample(group)
-
-
-def _to_sample(members: dict[str, Any]) -> Sample | tuple[str, str]:
-    try:
-        return members_to_sample(members)
-    except SchemaError as e:
-        return members["__key__"], str(e)
-
-
 def summarize(spec: str) -> dict[str, Any]:
     n, invalid = 0, []
     text_kinds: Counter = Counter()
     image_kinds: Counter = Counter()
     gens: Counter = Counter()
     with_neg = paraphrases = 0
-    for s in iter_samples(spec):
-        if isinstance(s, tuple):
-            invalid.append({"key": s[0], "error": s[1]})
+    # a sample that breaks the schema, or that damage in its shard makes unreadable, comes back Quarantined
+    for s in iter_clipneg_shards(spec):
+        if isinstance(s, Quarantined):
+            invalid.append({"key": s.key, "error": s.reason})
             continue
         n += 1
         with_neg += bool(s.neg_texts or s.neg_images)
@@ -116,10 +90,10 @@ def _count_table(title: str, counts: dict[str, int]) -> str:
 def write_gallery(spec: str, out: str | Path, *, limit: int = 48, summary: dict[str, Any] | None = None) -> Path:
     summary = summary or summarize(spec)
     cards = []
-    for s in iter_samples(spec):
+    for s in iter_clipneg_shards(spec):
         if len(cards) >= limit:
             break
-        if not isinstance(s, tuple):
+        if isinstance(s, Sample):
             cards.append(_card(s))
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>clipneg: {html.escape(str(spec))}</title>"
             f"<style>{STYLE}</style></head><body><h1>clipneg shards</h1><p>{html.escape(str(spec))}: "

@@ -6,12 +6,13 @@ import argparse
 import json
 import logging
 import time
-from concurrent.futures import ProcessPoolExecutor
+from functools import partial
 from pathlib import Path
+from typing import Any
 
-from clipneg.shards import finalize
+from clipneg.shards import write_shards_in_processes
 from clipneg.world.config import PRESETS, WorldConfig, world_config
-from clipneg.world.export import export_benchmarks, shard_info, write_train_shards
+from clipneg.world.export import export_benchmarks, train_shard_job
 from clipneg.world.generate import World
 
 log = logging.getLogger(__name__)
@@ -58,10 +59,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def _shard_worker(cfg: WorldConfig, out: str, n: int, negatives: bool, shard_size: int, rank: int,
-                  world_size: int, progress: bool) -> None:
-    write_train_shards(World(cfg), out, n, negatives=negatives, shard_size=shard_size, rank=rank,
-                       world_size=world_size, progress=progress and rank == 0)
+def _shard_job(cfg: WorldConfig, n: int, negatives: bool, shard_size: int, progress: bool
+               ) -> tuple[range, dict[str, Any]]:
+    return train_shard_job(World(cfg), n, negatives=negatives, shard_size=shard_size, progress=progress)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -84,20 +84,8 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     manifest = None
     if args.n_train:
-        shards = out / "shards"
-        if args.workers > 1:
-            # Each process writes chunks rank, rank + N, ...: the same shards, byte for byte, as one process.
-            with ProcessPoolExecutor(args.workers) as pool:
-                jobs = [pool.submit(_shard_worker, cfg, str(shards), args.n_train, args.negatives, args.shard_size,
-                                    r, args.workers, progress) for r in range(args.workers)]
-                for job in jobs:
-                    job.result()
-            n_chunks = -(-args.n_train // args.shard_size)
-            manifest = finalize(shards, prefix="train", n_chunks=n_chunks, shard_size=args.shard_size,
-                                info=shard_info(world, "train", args.n_train, args.negatives))
-        else:
-            manifest = write_train_shards(world, shards, args.n_train, negatives=args.negatives,
-                                          shard_size=args.shard_size, progress=progress)
+        job = partial(_shard_job, cfg, args.n_train, args.negatives, args.shard_size, progress)
+        manifest = write_shards_in_processes(job, out / "shards", args.workers)
     t_train = time.perf_counter() - t0
     counts = export_benchmarks(world, out / "benchmark", args.n_test, image_format=args.benchmark_format,
                                progress=progress) if args.n_test else {}

@@ -208,6 +208,26 @@ class TrainConfig:
     run: RunConfig = field(default_factory=RunConfig)
 
     def __post_init__(self) -> None:
+        # A term whose inputs the loader never fills would train nothing (the loss refuses it at the first step):
+        # refuse the config up front, every problem at once, each with its fix.
+        loss, data = self.loss, self.data
+        problems = []
+        if data.k_text == 0:
+            for on, name, off in ((loss.neg_text_columns, "loss.neg_text_columns", "false"),
+                                  (loss.triplet > 0, "loss.triplet > 0", "0"),
+                                  (loss.hard_negative > 0, "loss.hard_negative > 0", "0"),
+                                  (loss.rank > 0, "loss.rank > 0", "0")):
+                if on:
+                    problems.append(f"{name} needs negative captions: set data.k_text > 0 (e.g. 4) or "
+                                    f"{name.split()[0]} {off}")
+        if data.k_image == 0:
+            for on, name, off in ((loss.neg_image_columns, "loss.neg_image_columns", "false"),
+                                  (loss.triplet > 0, "loss.triplet > 0", "0")):
+                if on:
+                    problems.append(f"{name} needs negative images: set data.k_image > 0 (e.g. 1) or "
+                                    f"{name.split()[0]} {off}")
+        if problems:
+            raise ValueError("; ".join(problems))
         if self.loss.paraphrase > 0 and not self.data.paraphrases:
             raise ValueError("loss.paraphrase > 0 needs data.paraphrases true (the loader then carries one paraphrase "
                              "per caption)")

@@ -36,15 +36,19 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import webdataset as wds
+from accelerate import Accelerator
 from PIL import Image
 from torch.utils.data import default_collate
 
+from clipneg.models import ClipBundle
 from clipneg.schema import IMAGE_EXTS, KIND_ID, parse_neg_json
 from clipneg.shards import list_shards
 from clipneg.tars import tarfile_to_samples
-from clipneg.train.config import LoaderConfig
-from clipneg.train.pixels import to_uint8_chw
+from clipneg.train.checkpoints import TrainState
+from clipneg.train.config import LoaderConfig, TrainConfig
+from clipneg.train.pixels import split_pixel_steps, to_uint8_chw
 
 log = logging.getLogger(__name__)
 
@@ -206,4 +210,53 @@ def build_loader(cfg: LoaderConfig, *, preprocess: Callable, tokenizer: Callable
                          pin_memory=torch.cuda.is_available())
 
 
-__all__ = ["build_loader", "build_pipeline", "collate", "select_negatives", "weights_at"]
+def train_batches(cfg: TrainConfig, bundle: ClipBundle, state: TrainState, accelerator: Accelerator
+                  ) -> Iterator[dict[str, Any]]:
+    """Training batches on this process's device, epoch after epoch, starting where ``state`` says.
+
+    The loader is never passed to ``accelerator.prepare`` (it would shard a second time: this module splits shards by
+    node and worker itself). Resuming rebuilds the epoch's loader and skips the batches already trained on; loader
+    creation and skipping run under a forked RNG seeded by (seed, epoch, rank), so worker augmentation seeds do not
+    depend on when the loader was made, and skipping does not consume the restored training RNG.
+    """
+    skip = state.step - state.epoch_start_step
+    preprocess = bundle.preprocess_train if cfg.data.augment else bundle.preprocess_val
+    # uint8 images from the loader, scaled and normalised here on the device (the same values; clipneg.train.pixels)
+    split = split_pixel_steps(preprocess) if cfg.data.uint8_images else None
+    preprocess, finish = split if split else (preprocess, dict)
+    processes = accelerator.num_processes
+    while True:
+        loader = build_loader(cfg.data, preprocess=preprocess, tokenizer=bundle.tokenizer,
+                              epoch=state.epoch, start_step=state.epoch_start_step)
+        n = 0
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.data.seed * 1_000_003 + state.epoch * 7919 + accelerator.process_index)
+            it = iter(loader)
+            for _ in range(skip):
+                if next(it, None) is None:
+                    break
+                n += 1
+        skip = 0
+        while True:
+            batch = next(it, None)
+            if processes > 1:
+                # Ranks can hold unequal shares of an epoch; all must stop together or DDP hangs in backward.
+                have = torch.tensor([0 if batch is None else 1], device=accelerator.device)
+                dist.all_reduce(have, op=dist.ReduceOp.MIN)
+                if not have.item():
+                    break
+            elif batch is None:
+                break
+            n += 1
+            yield finish({k: (v.to(accelerator.device, non_blocking=True) if torch.is_tensor(v) else v)
+                          for k, v in batch.items()})
+        if n == 0:
+            raise RuntimeError(f"data.shards {cfg.data.shards!r} gave no full batch of {cfg.data.batch_size} on "
+                               f"process {accelerator.process_index}: use more samples or shards (at least "
+                               "processes x data.num_workers shards), a smaller data.batch_size, or data.drop_last "
+                               "false")
+        state.epoch += 1
+        state.epoch_start_step = state.step
+
+
+__all__ = ["build_loader", "build_pipeline", "collate", "select_negatives", "train_batches", "weights_at"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -22,6 +22,16 @@ from clipneg.train.losses import HardNegativeLoss, ema_update
 from clipneg.train.text_buckets import encode_text_bucketed, unsupported_reason
 
 log = logging.getLogger(__name__)
+
+# Batch keys whose rows are [B, K, ...] slots, flattened to B * K rows for the tower.
+SLOTTED = ("neg_text", "neg_image", "para_neg")
+# The batch keys that describe a part's rows, passed to the loss under their own names with its features.
+PASS_THROUGH = {
+    "neg_text": ("neg_text_mask", "neg_text_kind"),
+    "neg_image": ("neg_image_mask", "neg_image_text"),
+    "para_text": ("para_mask",),
+    "para_neg": ("para_neg_mask",),
+}
 
 
 class ContrastiveTask(nn.Module):
@@ -57,55 +67,48 @@ class ContrastiveTask(nn.Module):
         return self
 
     def forward(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
+        """Encode each tower once on the concatenation of its named parts, split the features back by the parts'
+        sizes, and name them by the loss's rule: the features of batch key X are ``X_features``, and X's masks and
+        index tensors (``PASS_THROUGH``) go with them under their batch names."""
         cfg = self.loss_cfg
         image, text = batch["image"], batch["text"]
-        b = image.shape[0]
-        images, texts = [image], [text]
-        neg_text = batch.get("neg_text")
-        use_nt = cfg.uses_neg_text and neg_text is not None and neg_text.shape[1] > 0
-        neg_image = batch.get("neg_image")
-        use_ni = cfg.uses_neg_image and neg_image is not None and neg_image.shape[1] > 0
-        if use_nt:
-            texts.append(neg_text.flatten(0, 1))
-        if use_ni:
-            images.append(neg_image.flatten(0, 1))
-        if cfg.paraphrase > 0:
-            if "para_text" not in batch:
-                raise ValueError("loss.paraphrase > 0 needs the loader's paraphrases: set data.paraphrases true (and "
-                                 "write shards whose neg.json carries paraphrases, as `clipneg world` does)")
-            texts += [batch["para_text"], batch["para_neg"].flatten(0, 1)]
-        all_images = torch.cat(images) if len(images) > 1 else image
+        if cfg.paraphrase > 0 and "para_text" not in batch:
+            raise ValueError("loss.paraphrase > 0 needs the loader's paraphrases: set data.paraphrases true (and "
+                             "write shards whose neg.json carries paraphrases, as `clipneg world` does)")
+        image_parts, text_parts = self._parts(batch)
+        all_images = torch.cat([x for _, x in image_parts]) if len(image_parts) > 1 else image
         if self.channels_last:
             all_images = all_images.contiguous(memory_format=torch.channels_last)
-        out = self._encode(self.model, all_images, torch.cat(texts) if len(texts) > 1 else text)
-        img_f, txt_f = out["image_features"], out["text_features"]
-        feats: dict[str, Any] = {
-            "image_features": img_f[:b],
-            "text_features": txt_f[:b],
-            "logit_scale": out["logit_scale"],
-        }
-        if use_nt:
-            kt = neg_text.shape[1]
-            feats["neg_text_features"] = txt_f[b:b + b * kt].view(b, kt, -1)
-            feats["neg_text_mask"] = batch.get("neg_text_mask")
-            feats["neg_text_kind"] = batch.get("neg_text_kind")
-        if cfg.paraphrase > 0:
-            n, kp = txt_f.shape[0], batch["para_neg"].shape[1]  # the paraphrases and their negatives come last
-            feats["paraphrase_features"] = txt_f[n - b * (1 + kp):n - b * kp]
-            feats["paraphrase_neg_features"] = txt_f[n - b * kp:].view(b, kp, -1)
-            feats["paraphrase_mask"] = batch["para_mask"]
-            feats["paraphrase_neg_mask"] = batch["para_neg_mask"]
-        if use_ni:
-            ki = neg_image.shape[1]
-            feats["neg_image_features"] = img_f[b:].view(b, ki, -1)
-            feats["neg_image_mask"] = batch.get("neg_image_mask")
-            feats["neg_image_text"] = batch.get("neg_image_text") if use_nt else None
+        all_texts = torch.cat([x for _, x in text_parts]) if len(text_parts) > 1 else text
+        out = self._encode(self.model, all_images, all_texts)
+        feats: dict[str, Any] = {"logit_scale": out["logit_scale"]}
+        b = image.shape[0]
+        for parts, tower in ((image_parts, out["image_features"]), (text_parts, out["text_features"])):
+            pieces = torch.split(tower, [x.shape[0] for _, x in parts])
+            for (name, _), piece in zip(parts, pieces, strict=True):
+                slots = batch[name].shape[1] if name in SLOTTED else None  # [B, K, ...] parts were flattened
+                feats[f"{name}_features"] = piece if slots is None else piece.view(b, slots, -1)
+                feats.update({k: batch.get(k) for k in PASS_THROUGH.get(name, ())})
         if self.teacher is not None:
             with torch.no_grad():
                 t_out = self._encode(self.teacher, image, text)
             feats["teacher_image_features"] = t_out["image_features"]
             feats["teacher_text_features"] = t_out["text_features"]
         return self.loss(**feats)
+
+    def _parts(self, batch: Mapping[str, Any]) -> tuple[list[tuple[str, Tensor]], list[tuple[str, Tensor]]]:
+        """(batch key, rows) of what goes through the image tower and the text tower, positives first; only the parts
+        some configured term reads, and no empty negative slots."""
+        cfg = self.loss_cfg
+        images, texts = [("image", batch["image"])], [("text", batch["text"])]
+        neg_text, neg_image = batch.get("neg_text"), batch.get("neg_image")
+        if cfg.uses_neg_text and neg_text is not None and neg_text.shape[1] > 0:
+            texts.append(("neg_text", neg_text.flatten(0, 1)))
+        if cfg.uses_neg_image and neg_image is not None and neg_image.shape[1] > 0:
+            images.append(("neg_image", neg_image.flatten(0, 1)))
+        if cfg.paraphrase > 0:
+            texts += [("para_text", batch["para_text"]), ("para_neg", batch["para_neg"].flatten(0, 1))]
+        return images, texts
 
     def _encode(self, model: nn.Module, image: Tensor, text: Tensor) -> dict[str, Tensor]:
         # DeepSpeed's bf16/fp16 casts the weights themselves (no autocast), so the images must follow them; under
@@ -118,9 +121,10 @@ class ContrastiveTask(nn.Module):
                 "logit_scale": model.logit_scale.exp()}
 
     @torch.no_grad()
-    def update_teacher(self) -> None:
+    def update_teacher(self, update: Callable[[nn.Module, nn.Module, float], None] = ema_update) -> None:
+        """The EMA step; ``update`` is the backend's when parameters are partitioned (clipneg.train.backends)."""
         if self.teacher is not None:
-            ema_update(self.teacher, self.model, self.loss_cfg.distill_ema)
+            update(self.teacher, self.model, self.loss_cfg.distill_ema)
 
     @torch.no_grad()
     def clamp_logit_scale(self, max_value: float) -> None:
@@ -128,19 +132,3 @@ class ContrastiveTask(nn.Module):
         scale = getattr(self.model, "logit_scale", None)
         if scale is not None:
             scale.clamp_(0, max_value)
-
-
-def promote_scalar_parameters(module: nn.Module) -> list[str]:
-    """Give every 0-d parameter (open_clip's ``logit_scale``, SigLIP's ``logit_bias``) shape [1], in place.
-
-    FSDP2's ``fully_shard`` refuses 0-d parameters ("fully_shard doesn't support scalar parameters", seen on torch
-    2.11). open_clip only multiplies, adds or exponentiates them, so shape [1] broadcasts to the same function. Call it
-    before the optimizer is built (it holds the parameter objects); exports reshape them back (see train.export).
-    """
-    names = []
-    for prefix, mod in module.named_modules():
-        for name, p in list(mod.named_parameters(recurse=False)):
-            if p.dim() == 0:
-                setattr(mod, name, nn.Parameter(p.detach().reshape(1), requires_grad=p.requires_grad))
-                names.append(f"{prefix}.{name}" if prefix else name)
-    return names

@@ -9,6 +9,7 @@ SugarCrepe kind, exact counterfactual images, held-out compositions, and writers
 
 from __future__ import annotations
 
+from clipneg.schema import SUGARCREPE_KINDS
 from clipneg.world.bags import content_bag, meaning_key, same_bag_rate
 from clipneg.world.captions import (
     Caption,
@@ -32,13 +33,14 @@ from clipneg.world.export import (
     write_train_shards,
 )
 from clipneg.world.generate import Example, World, check_example, sample_scene
-from clipneg.world.negatives import KINDS, Negative, make_negative, make_negatives
+from clipneg.world.negatives import Negative, make_negative, make_negatives
 from clipneg.world.render import Renderer, encode_image, encode_png
 from clipneg.world.scene import Obj, Scene, relation_holds
 from clipneg.world.splits import SPLITS, HeldOut, build_heldout, scene_seed
 
 __all__ = [
-    "KINDS", "PRESETS", "SPLITS", "Caption", "CaptionParseError", "Description", "Example", "Fact", "HeldOut",
+    "PRESETS", "SPLITS", "SUGARCREPE_KINDS", "Caption", "CaptionParseError", "Description", "Example", "Fact",
+    "HeldOut",
     "Mention", "Negative", "Obj", "Renderer", "Scene", "Style", "World", "WorldConfig", "aro_items", "build_heldout",
     "check_example", "content_bag", "encode_image", "encode_png", "example_to_sample", "export_aro",
     "export_benchmarks", "export_sugarcrepe", "image_filename", "make_negative", "make_negatives", "meaning_key",

@@ -17,16 +17,16 @@ import json
 import os
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from clipneg.schema import NegImage, NegText, Paraphrase, Sample
+from clipneg.schema import SUGARCREPE_KINDS, NegImage, NegText, Paraphrase, Sample
 from clipneg.world.captions import Description, Fact, Mention, scene_satisfies
 from clipneg.world.generate import Example, World
-from clipneg.world.negatives import KINDS
 from clipneg.world.render import Renderer, encode_image
 from clipneg.world.scene import Obj
 from clipneg.world.vocab import ARO_RELATION_NAME
@@ -55,20 +55,28 @@ def example_to_sample(ex: Example, renderer: Renderer, *, negatives: bool = True
     return sample
 
 
+def train_shard_job(world: World, n: int, *, negatives: bool = True, shard_size: int = 1000, split: str = "train",
+                    progress: bool = True) -> tuple[range, dict[str, Any]]:
+    """The inputs and ``clipneg.shards.write_shards`` arguments that write ``n`` examples of ``split``."""
+    renderer = Renderer(world.cfg)
+    process = partial(_example_sample, world, renderer, split, negatives)
+    return range(n), {"process": process, "shard_size": shard_size, "prefix": split,
+                      "info": shard_info(world, split, n, negatives), "progress": progress}
+
+
+def _example_sample(world: World, renderer: Renderer, split: str, negatives: bool, i: int) -> Sample:
+    return example_to_sample(world.example(split, i, negatives=negatives), renderer, negatives=negatives)
+
+
 def write_train_shards(world: World, out_dir: str | os.PathLike, n: int, *, negatives: bool = True,
                        shard_size: int = 1000, split: str = "train", progress: bool = True, rank: int = 0,
                        world_size: int = 1) -> dict[str, Any] | None:
     """Write ``n`` examples of ``split`` as shards (resumable; see clipneg.shards.write_shards)."""
     from clipneg.shards import write_shards
 
-    renderer = Renderer(world.cfg)
-    return write_shards(
-        range(n), out_dir,
-        process=lambda i: example_to_sample(world.example(split, i, negatives=negatives), renderer,
-                                            negatives=negatives),
-        shard_size=shard_size, prefix=split, info=shard_info(world, split, n, negatives), progress=progress,
-        rank=rank, world_size=world_size,
-    )
+    items, kwargs = train_shard_job(world, n, negatives=negatives, shard_size=shard_size, split=split,
+                                    progress=progress)
+    return write_shards(items, out_dir, rank=rank, world_size=world_size, **kwargs)
 
 
 def shard_info(world: World, split: str, n: int, negatives: bool) -> dict[str, Any]:
@@ -109,7 +117,7 @@ def export_sugarcrepe(examples: Sequence[Example], renderer: Renderer, out_dir: 
     """SugarCrepe's 7 JSON files plus ``images/``; returns the item count per kind."""
     out = Path(out_dir)
     _write_images(examples, renderer, out / "images", image_format, f"sugarcrepe -> {out}", progress)
-    files: dict[str, dict[str, dict[str, str]]] = {k: {} for k in KINDS}
+    files: dict[str, dict[str, dict[str, str]]] = {k: {} for k in SUGARCREPE_KINDS}
     for ex in examples:
         for neg in ex.negatives:
             items = files[neg.kind]

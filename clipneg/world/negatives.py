@@ -33,12 +33,12 @@ import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from clipneg.schema import SUGARCREPE_KINDS
 from clipneg.world.captions import Caption, Description, Fact, Mention, meaning_key, scene_satisfies
 from clipneg.world.config import WorldConfig
 from clipneg.world.scene import STRICT_MIN, STRICT_RATIO, Obj, Scene, free_cells, is_valid, sample_offset
 from clipneg.world.vocab import AXIS, RELATIONS, SIGN, SIZES
 
-KINDS: tuple[str, ...] = ("replace_obj", "replace_att", "replace_rel", "swap_obj", "swap_att", "add_obj", "add_att")
 MAX_TRIES = 24  # candidates tried per kind before giving up on it for this scene
 MAX_MENTIONS = 3  # the most objects a positive caption mentions (scenes have 1-3 objects)
 
@@ -235,7 +235,7 @@ def make_negative(kind: str, scene: Scene, cap: Caption, cfg: WorldConfig, rng: 
 
 
 def make_negatives(scene: Scene, cap: Caption, cfg: WorldConfig, rng: random.Random,
-                   accept: Filter | None = None, kinds: tuple[str, ...] = KINDS) -> tuple[Negative, ...]:
+                   accept: Filter | None = None, kinds: tuple[str, ...] = SUGARCREPE_KINDS) -> tuple[Negative, ...]:
     """At most one negative per kind, in ``kinds`` order; kinds that cannot apply (swap with one object) are absent.
 
     The negatives of one scene all mean different things. This matters for swap_obj and swap_att: when two objects
@@ -250,7 +250,7 @@ def make_negatives(scene: Scene, cap: Caption, cfg: WorldConfig, rng: random.Ran
 
     # swap_att goes before swap_obj: where the two coincide (objects listed without relations), keep the attribute
     # swap, the canonical binding test.
-    for kind in sorted(kinds, key=lambda k: (k == "swap_obj", KINDS.index(k))):
+    for kind in sorted(kinds, key=lambda k: (k == "swap_obj", SUGARCREPE_KINDS.index(k))):
         found = make_negative(kind, scene, cap, cfg, rng, distinct)
         if found is not None:
             out.append(found)

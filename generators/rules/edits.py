@@ -1,0 +1,646 @@
+"""Where a caption can be edited (slots found on a spaCy parse and the lexicon) and the edits of each kind.
+
+Every kind turns a parsed caption into a list of *choices* (a builder and its arguments); building one gives a list
+of character-span edits that, applied to the caption, give one negative. The generator shuffles the choices with a
+seed of (caption, kind, seed) and keeps the first k that pass its checks, so no text is built that is not needed.
+
+| kind                 | option                                                                               |
+|----------------------|--------------------------------------------------------------------------------------|
+| replace_obj          | one object noun (phrase) -> a co-hyponym, number kept ("two dogs" -> "two cats")       |
+| replace_att          | one attribute (phrase) -> a co-hyponym ("light blue" -> "red", "two" -> "three")       |
+| replace_rel          | one preposition (phrase) or action verb -> a contrast, verb form kept                  |
+| swap_obj             | two object nouns of the same number exchange places                                  |
+| swap_att             | two attributes of different nouns exchange places                                    |
+| add_obj              | "and a X" after an object noun, X a co-hyponym not in the caption                     |
+| add_att              | an attribute inserted before an object noun, in English adjective order              |
+| swap_chunks          | two noun chunks exchange places (NegCLIP)                                            |
+| swap_phrases         | two verbs (with their particles) of the same form exchange places (NegCLIP)          |
+| swap_tags            | two tokens of the same tag NN, NNS, JJ or RB exchange places (NegCLIP)               |
+
+After every edit the article before it is re-agreed ("a dog" -> "an elephant"), and casing follows the replaced
+text (a sentence-initial word stays capitalised, a moved one is lower-cased unless it is a proper noun).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from .grammar import Edit, apply_edits, article_for, first_word, inflect_noun, inflect_verb, lemma, match_case
+from .lexicon import Lexicon
+
+NOUN_TAGS = ("NN", "NNS")
+ARTICLES = ("a", "an")
+# Heads of partitive and framing chunks ("a group of people", "a picture of a dog"): never swapped as objects.
+FRAME_NOUNS = frozenset("""group couple pair bunch lot lots picture photo photograph image view close closeup top side
+front back middle piece slice number variety assortment kind type set row line pile stack herd flock other one area
+day time way shot scene display couple edge corner half part bit sort end distance background foreground""".split())
+# English adjective order for inserting an attribute among the existing modifiers of a noun
+ORDER = {"number": 0, "size": 1, "height": 1, "length": 1, "width": 1, "colour": 3, "animal_colour": 3,
+         "hair_colour": 3, "pattern": 4, "material": 5, "building_material": 5}
+UNKNOWN_MODIFIER = 6  # compounds and unlisted modifiers stay next to the noun ("park bench")
+# attribute groups that describe what a thing looks like on its surface: they swap with one another
+SURFACE = {g: "surface" for g in
+           ("colour", "animal_colour", "hair_colour", "material", "building_material", "pattern")}
+NO_ADD_GROUPS = frozenset({"number", "side", "position"})
+DET_BEFORE_SIDE = frozenset({"the", "his", "her", "their", "its", "my", "your", "our"})
+NEXT_NOUN_WINDOW = 4
+
+
+@dataclass(frozen=True)
+class Slot:
+    """Tokens [start, end) of the doc matched to a lexicon ``entry`` of some ``groups``; ``head`` is the noun an
+    attribute describes (or the noun itself for an object, None when unknown)."""
+
+    start: int
+    end: int
+    entry: str
+    groups: frozenset[str]
+    head: int | None = None
+    plural: bool = False
+    pos: str = ""
+
+
+@dataclass
+class Parsed:
+    """A parsed caption with its slots."""
+
+    text: str
+    doc: object
+    lex: Lexicon
+    toks: list = field(default_factory=list)  # the doc's tokens, once (slicing a Doc builds Spans)
+    nltk_tokens: list[str] | None = None  # NLTK tokens for ARO's trigram perturbations, made when first needed
+    wordnet: object | None = None  # clipneg.generators.rules.wordnet.WordNet when installed and enabled
+    wn_objects: list[Slot] = field(default_factory=list)  # nouns outside the lexicon, replaced through WordNet
+    objects: list[Slot] = field(default_factory=list)
+    attributes: list[Slot] = field(default_factory=list)
+    relations: list[Slot] = field(default_factory=list)
+    object_at: dict[int, Slot] = field(default_factory=dict)  # head token -> object slot
+    present: set[str] = field(default_factory=set)  # words and lemmas of the caption
+
+    def span_chars(self, start: int, end: int) -> tuple[int, int]:
+        toks = self.toks
+        return toks[start].idx, toks[end - 1].idx + len(toks[end - 1].text)
+
+    def span_text(self, start: int, end: int) -> str:
+        a, b = self.span_chars(start, end)
+        return self.text[a:b]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# slot finding
+
+
+def _noun_key(lows: list[str]) -> tuple[str, str]:
+    lower = " ".join(lows)
+    lem = lemma(lows[-1], "NOUN")
+    return lower, (" ".join([*lows[:-1], lem]) if len(lows) > 1 else lem)
+
+
+def _sizes(section, lows: list[str], i: int) -> range:
+    """Phrase lengths worth trying at token i: longer ones only where a listed phrase starts."""
+    top = min(section.max_words, len(lows) - i) if lows[i] in section.first_words else 1
+    return range(top, 0, -1)
+
+
+def _relation_spans(doc, lows: list[str], lex: Lexicon, taken: set[int]) -> list[Slot]:
+    rel = lex.relations
+    out = []
+    n = len(doc)
+    i = 0
+    while i < n:
+        found = None
+        for size in _sizes(rel, lows, i):
+            toks = doc[i:i + size]
+            if any(t.i in taken for t in toks):
+                continue
+            phrase = " ".join(lows[i:i + size])
+            if size == 1:
+                found = _single_relation(doc, toks[0], lex)
+            elif phrase in rel and toks[0].pos_ in ("ADP", "ADV", "ADJ", "VERB", "AUX"):
+                groups = {g for g in rel.groups_of(phrase) if rel.groups[g].get("pos", "ADP") in ("ADP", "VERB")}
+                groups = _pobj_ok(doc, toks[-1], groups, lex)
+                if groups:
+                    pos = "VERB" if toks[0].pos_ == "VERB" else "ADP"
+                    found = Slot(i, i + size, phrase, frozenset(groups), pos=pos)
+            if found:
+                break
+        if found:
+            out.append(found)
+            i = found.end
+        else:
+            i += 1
+    return out
+
+
+def _pobj_ok(doc, tok, groups: set[str], lex: Lexicon) -> set[str]:
+    """Drop groups whose "pobj" restriction the object of the preposition does not meet."""
+    keep = set()
+    for g in groups:
+        need = lex.relations.groups[g].get("pobj")
+        if not need:
+            keep.add(g)
+            continue
+        pobj = [c for c in tok.children if c.dep_ == "pobj"]
+        if pobj:
+            lower, lem = _noun_key([pobj[0].lower_])
+            obj_groups = lex.objects.groups_of(lem) | lex.objects.groups_of(lower)
+            if obj_groups & set(need):
+                keep.add(g)
+    return keep
+
+
+def _single_relation(doc, tok, lex: Lexicon) -> Slot | None:
+    rel = lex.relations
+    i = tok.i
+    low = tok.lower_
+    pos = tok.pos_
+    if pos != "VERB" and low not in rel:
+        return None
+    if pos == "VERB" and tok.tag_.startswith("VB"):
+        lem = lemma(low, "VERB")
+        groups = {g for g in rel.groups_of(lem) if rel.groups[g].get("pos") == "VERB"}
+        if groups:
+            return Slot(i, i + 1, lem, frozenset(groups), pos="VERB")
+        return None
+    if low not in rel:
+        return None
+    pos_groups: dict[str, set[str]] = {}
+    for g in rel.groups_of(low):
+        pos_groups.setdefault(rel.groups[g].get("pos", "ADP"), set()).add(g)
+    if "ADP" in pos_groups and (tok.tag_ == "IN" or (tok.tag_ == "RP" and low in ("up", "down"))):
+        groups = _pobj_ok(doc, tok, pos_groups["ADP"], lex)
+        if groups:
+            return Slot(i, i + 1, low, frozenset(groups), pos="ADP")
+    if "ANY" in pos_groups and tok.dep_ not in ("amod", "compound") and i > 0 and doc[i - 1].lower_ in DET_BEFORE_SIDE:
+        return Slot(i, i + 1, low, frozenset(pos_groups["ANY"]), pos="ANY")
+    if "ADV" in pos_groups and tok.pos_ == "ADV" and tok.dep_ == "advmod":
+        return Slot(i, i + 1, low, frozenset(pos_groups["ADV"]), pos="ADV")
+    return None
+
+
+def _objects(doc, lows: list[str], tags: list[str], lex: Lexicon, taken: set[int]) -> list[Slot]:
+    obj = lex.objects
+    out = []
+    n = len(doc)
+    i = 0
+    while i < n:
+        found = None
+        for size in _sizes(obj, lows, i):
+            tag = tags[i + size - 1]
+            if tag not in ("NN", "NNS", "NNP", "NNPS"):
+                continue
+            toks = doc[i:i + size]
+            last = toks[-1]
+            if last.dep_ == "compound" or any(t.i in taken for t in toks):
+                continue
+            if tag in ("NNP", "NNPS") and (i == 0 or last.text.islower() or last.text.isupper()):
+                tag = "NN" if tag == "NNP" and lemma(last.lower_, "NOUN") == last.lower_ else "NNS"  # "Dogs run."
+            if tag not in NOUN_TAGS:
+                continue
+            if size > 1 and any(t.pos_ not in ("NOUN", "ADJ", "PROPN", "PUNCT", "VERB") for t in toks[:-1]):
+                continue
+            lower, lem = _noun_key(lows[i:i + size])
+            if lex.is_plural_only(lower) and lower in obj:
+                entry = lower
+            elif lem in obj:
+                entry = lem
+            elif lower in obj:
+                entry = lower
+            else:
+                continue
+            plural = tag == "NNS" or lex.is_plural_only(entry)
+            found = Slot(i, i + size, entry, frozenset(obj.groups_of(entry)), head=last.i, plural=plural, pos="NOUN")
+            break
+        if found:
+            out.append(found)
+            i = found.end
+        else:
+            i += 1
+    return out
+
+
+def _attr_head(tok) -> int | None:
+    seen = 0
+    while tok.dep_ == "conj" and seen < 5:
+        tok = tok.head
+        seen += 1
+    if tok.dep_ in ("amod", "compound", "nummod", "nmod", "quantmod") and tok.head.pos_ in ("NOUN", "PROPN"):
+        return tok.head.i
+    if tok.dep_ in ("acomp", "attr", "oprd"):
+        subj = [c for c in tok.head.children if c.dep_ in ("nsubj", "nsubjpass")]
+        if subj and subj[0].pos_ in ("NOUN", "PROPN"):
+            return subj[0].i
+    return None
+
+
+def _next_noun(doc, end: int):
+    for t in doc[end:end + NEXT_NOUN_WINDOW]:
+        if t.pos_ in ("NOUN", "PROPN"):
+            return t
+    return None
+
+
+def _attributes(doc, lows: list[str], lex: Lexicon, taken: set[int], object_at: dict[int, Slot]) -> list[Slot]:
+    att = lex.attributes
+    out = []
+    n = len(doc)
+    i = 0
+    while i < n:
+        found = None
+        for size in _sizes(att, lows, i):
+            phrase = " ".join(lows[i:i + size])
+            if phrase not in att:
+                continue
+            toks = doc[i:i + size]
+            if any(t.i in taken for t in toks):
+                continue
+            groups = set(att.groups_of(phrase))
+            last = toks[-1]
+            if "number" in groups:
+                groups_num = {g for g in groups if att.groups[g].get("number")}
+                noun = _next_noun(doc, i + size)
+                numeric = last.pos_ == "NUM" or size > 1 or last.lower_ in ("several", "many", "few", "numerous",
+                                                                             "multiple")
+                if numeric and noun is not None and (noun.tag_ == "NNS" or lex.is_plural_only(noun.lower_)):
+                    found = Slot(i, i + size, phrase, frozenset(groups_num), head=noun.i, pos="NUM")
+                    break
+                groups -= groups_num
+                if not groups:
+                    continue
+            if last.pos_ == "VERB":
+                ok = last.dep_ in ("amod", "acomp")
+            elif last.pos_ == "ADJ":
+                ok = True
+            elif last.pos_ in ("NOUN", "PROPN"):
+                ok = last.dep_ in ("compound", "amod", "conj", "attr", "acomp", "nmod") and last.head.i != last.i
+            else:
+                ok = False
+            if not ok:
+                continue
+            head = _attr_head(last)
+            if head is not None and head in object_at:  # keep only groups that apply to the described object
+                obj_groups = object_at[head].groups
+                fit = {g for g in groups if "*" in att.groups[g].get("applies_to", ["*"])
+                       or obj_groups & set(att.groups[g].get("applies_to", []))}
+                groups = fit or groups
+            found = Slot(i, i + size, phrase, frozenset(groups), head=head, pos=last.pos_)
+            break
+        if found:
+            out.append(found)
+            i = found.end
+        else:
+            i += 1
+    return out
+
+
+def parse(text: str, doc, lex: Lexicon, wordnet=None) -> Parsed:
+    toks = list(doc)
+    lows = [t.lower_ for t in toks]
+    tags = [t.tag_ for t in toks]
+    p = Parsed(text, doc, lex, toks, wordnet=wordnet)
+    p.relations = _relation_spans(toks, lows, lex, set())
+    rel_taken = {i for s in p.relations if s.pos != "VERB" for i in range(s.start, s.end)}
+    p.objects = _objects(toks, lows, tags, lex, rel_taken)
+    p.object_at = {s.head: s for s in p.objects}
+    taken = rel_taken | {i for s in p.objects for i in range(s.start, s.end)}
+    p.attributes = _attributes(toks, lows, lex, taken, p.object_at)
+    p.present = set(lows) | {lemma(w, "NOUN") for w, tag in zip(lows, tags, strict=True) if tag in NOUN_TAGS}
+    p.present |= {s.entry for s in p.objects} | {s.entry for s in p.attributes}
+    if wordnet is not None:
+        taken |= {i for s in p.attributes for i in range(s.start, s.end)}
+        p.wn_objects = [Slot(t.i, t.i + 1, lemma(t.lower_, "NOUN"), frozenset({"wordnet"}), head=t.i,
+                             plural=t.tag_ == "NNS", pos="NOUN") for t in toks
+                        if t.tag_ in NOUN_TAGS and t.dep_ != "compound" and t.i not in taken and t.is_alpha
+                        and lemma(t.lower_, "NOUN") not in FRAME_NOUNS]
+    return p
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# building texts
+
+Option = list[tuple[int, int, str, int | None]]  # (char start, char end, new text, token before the edit or None)
+# What the kinds return: (builder, *args); builder(p, *args) -> Option, called only for the options tried
+Choice = tuple
+
+
+def _starts_sentence(p: Parsed, char: int) -> bool:
+    return p.text[:char].strip() == ""
+
+
+def _decap(tok, text: str) -> str:
+    """Lower-case the first letter of moved text unless it is a proper noun, an acronym or "I"."""
+    if tok.tag_ in ("NNP", "NNPS") or tok.text == "I" or (len(tok.text) > 1 and tok.text.isupper()):
+        return text
+    return text[:1].lower() + text[1:]
+
+
+def build(p: Parsed, choice: Choice) -> str | None:
+    """The negative text of one choice of a kind (None: the choice turned out empty)."""
+    option = choice[0](p, *choice[1:])
+    return None if option is None else render(p, option)
+
+
+def render(p: Parsed, option: Option) -> str:
+    """Apply an option's edits, re-agree the article before each edit, keep the caption's first letter's case."""
+    edits = [Edit(a, b, t) for a, b, t, _ in option]
+    covered = [(a, b) for a, b, _, _ in option]
+    doc = p.toks
+    for _, b, t, prev in option:
+        if prev is None or prev < 0 or doc[prev].lower_ not in ARTICLES:
+            continue
+        art = doc[prev]
+        s = art.idx
+        if any(x <= s < y for x, y in covered):
+            continue
+        nxt = first_word(t) if t.strip() else first_word(p.text[b:])
+        want = match_case(art.text, article_for(nxt))
+        if want.lower() != art.lower_:
+            edits.append(Edit(s, s + len(art.text), want))
+            covered.append((s, s + len(art.text)))
+    out = apply_edits(p.text, edits)
+    lead = len(p.text) - len(p.text.lstrip())
+    if p.text[lead:lead + 1].isupper() and out[lead:lead + 1].islower():
+        out = out[:lead] + out[lead].upper() + out[lead + 1:]
+    return out
+
+
+def _replace(p: Parsed, slot: Slot, new: str) -> Option:
+    a, b = p.span_chars(slot.start, slot.end)
+    return [(a, b, match_case(p.text[a:b], new), slot.start - 1)]
+
+
+def _replace_obj(p: Parsed, slot: Slot, cand: str) -> Option:
+    lex = p.lex
+    new = cand if lex.is_plural_only(cand) else inflect_noun(cand, slot.plural, lex.plurals())
+    return _replace(p, slot, new)
+
+
+def _replace_rel(p: Parsed, slot: Slot, cand: str) -> Option:
+    new = inflect_verb(cand, p.toks[slot.start].tag_) if slot.pos == "VERB" else cand
+    return _replace(p, slot, new)
+
+
+def _insert_after(p: Parsed, slot: Slot, text: str) -> Option:
+    _, b = p.span_chars(slot.start, slot.end)
+    return [(b, b, _caps(p, text), None)]
+
+
+def _insert_before(p: Parsed, pos: int, word: str) -> Option:
+    tok = p.toks[pos]
+    text = _caps(p, f"{word} ")
+    if pos == 0 and p.text[:1].isupper():  # "Dogs run" -> "Brown dogs run"
+        return [(tok.idx, tok.idx + len(tok.text), text[:1].upper() + text[1:] + _decap(tok, tok.text), None)]
+    return [(tok.idx, tok.idx, text, pos - 1)]
+
+
+def _swap(p: Parsed, s1: tuple[int, int], s2: tuple[int, int]) -> Option:
+    """Exchange token spans s1 < s2 (non-overlapping)."""
+    (a1, b1), (a2, b2) = p.span_chars(*s1), p.span_chars(*s2)
+    t1, t2 = p.text[a1:b1], p.text[a2:b2]
+    tok1 = p.toks[s1[0]]
+    if _starts_sentence(p, a1) and t1[:1].isupper():
+        t1 = _decap(tok1, t1)
+        t2 = t2[:1].upper() + t2[1:]
+    return [(a1, b1, t2, s1[0] - 1), (a2, b2, t1, s2[0] - 1)]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# the kinds
+
+
+def _caps(p: Parsed, text: str) -> str:
+    """Inserted text in capitals when the caption is written in capitals."""
+    return text.upper() if p.text.isupper() else text
+
+
+NO_SWAP_GROUPS = frozenset({"body_parts", "streets", "venues", "nature", "urban", "rooms", "terrain", "games"})
+
+
+def _contains(phrase: str, part: str) -> bool:
+    return f" {part} " in f" {phrase} "
+
+
+def replace_obj(p: Parsed) -> list[Choice]:
+    out = []
+    for s in p.objects:
+        for cand in p.lex.objects.candidates(s.entry):
+            if cand in p.present:
+                continue
+            if p.lex.is_plural_only(cand) and not s.plural:
+                continue  # "a shirt" cannot become "a pants"
+            if p.lex.is_mass(cand) != p.lex.is_mass(s.entry) and not s.plural:
+                continue  # "a dog" -> "a broccoli"
+            out.append((_replace_obj, s, cand))
+    for s in p.wn_objects:
+        out.extend((_replace_obj, s, c) for c in p.wordnet.cohyponyms(s.entry) if c not in p.present)
+    return out
+
+
+def replace_att(p: Parsed) -> list[Choice]:
+    out = []
+    for s in p.attributes:
+        for cand in p.lex.attributes.candidates(s.entry, s.groups):
+            if cand in p.present or _contains(cand, s.entry) or _contains(s.entry, cand):
+                continue  # "black" -> "black and white" adds a colour rather than replacing one
+            out.append((_replace, s, cand))
+    if p.wordnet is not None:
+        for s in _plain_adjectives(p):
+            out.extend((_replace, s, c) for c in p.wordnet.antonyms(s.entry) if c not in p.present)
+    return out
+
+
+def replace_rel(p: Parsed) -> list[Choice]:
+    out = []
+    for s in p.relations:
+        for cand in p.lex.relations.candidates(s.entry, s.groups):
+            if cand in p.present:
+                continue
+            out.append((_replace_rel, s, cand))
+    return out
+
+
+def swap_obj(p: Parsed) -> list[Choice]:
+    out = []
+    objs = [s for s in p.objects if not s.groups <= NO_SWAP_GROUPS]
+    for i, s1 in enumerate(objs):
+        for s2 in objs[i + 1:]:
+            if s1.plural != s2.plural or s1.entry == s2.entry or p.lex.objects.related(s1.entry, s2.entry):
+                continue
+            if p.lex.is_mass(s1.entry) != p.lex.is_mass(s2.entry):
+                continue
+            out.append((_swap, (s1.start, s1.end), (s2.start, s2.end)))
+    return out
+
+
+def _plain_adjectives(p: Parsed) -> list[Slot]:
+    """Adjectives outside the lexicon that modify a noun ("a grassy field"): swappable, never replaced."""
+    taken = {i for s in (*p.attributes, *p.objects, *p.relations) for i in range(s.start, s.end)}
+    return [Slot(t.i, t.i + 1, t.lower_, frozenset(), head=t.head.i, pos="ADJ") for t in p.toks
+            if t.tag_ == "JJ" and t.dep_ == "amod" and t.head.pos_ == "NOUN" and t.i not in taken and t.is_alpha]
+
+
+def swap_att(p: Parsed) -> list[Choice]:
+    out = []
+    atts = [s for s in p.attributes if s.head is not None and s.pos != "NUM"] + _plain_adjectives(p)
+    atts.sort(key=lambda s: s.start)
+    for i, s1 in enumerate(atts):
+        for s2 in atts[i + 1:]:
+            if s1.head == s2.head or s1.entry == s2.entry:
+                continue
+            g1, g2 = ({SURFACE.get(g, g) for g in p.lex.attributes.groups_of(s.entry)} for s in (s1, s2))
+            if bool(g1) != bool(g2) or (g1 and not g1 & g2):
+                continue  # a colour swaps with a colour or a material, not with an age ("a grassy boy on a young
+                # hill"); adjectives outside the lexicon swap only with one another
+            out.append((_swap, (s1.start, s1.end), (s2.start, s2.end)))
+    return out
+
+
+def _singular_agreement(tok) -> bool:
+    """Is this a subject whose verb agrees with it in the singular ("a dog is", "a dog sits", "a dog was")? Adding
+    "and a cat" to it would need the verb changed too; a plural subject ("two dogs are") stays plural."""
+    head = tok.head
+    if tok.dep_ not in ("nsubj", "nsubjpass") or tok.tag_ in ("NNS", "NNPS"):
+        return False
+    forms = [head] + [c for c in head.children if c.dep_ in ("aux", "auxpass")]
+    return any(f.tag_ == "VBZ" or f.lower_ == "was" for f in forms)
+
+
+def add_obj(p: Parsed) -> list[Choice]:
+    out = []
+    lex = p.lex
+    for s in p.objects:
+        groups = [g for g in s.groups if lex.objects.groups[g].get("add")]
+        if not groups:
+            continue
+        head = p.toks[s.head]
+        if _singular_agreement(head) and not s.plural:
+            continue
+        if s.end < len(p.toks) and p.toks[s.end].lower_ in ("and", "or", ",", "of", "that", "which", "who"):
+            continue  # after the last conjunct, never inside "a plate of food" or before "that says ..."
+        out.extend((_add_object, s, cand) for cand in lex.objects.candidates(s.entry, groups)
+                   if cand not in p.present)
+    return out
+
+
+def _add_object(p: Parsed, slot: Slot, cand: str) -> Option:
+    lex = p.lex
+    phrase = cand if lex.is_mass(cand) or lex.is_plural_only(cand) else f"{article_for(cand)} {cand}"
+    return _insert_after(p, slot, f" and {phrase}")
+
+
+def _modifier_order(p: Parsed, tok) -> int:
+    for s in p.attributes:
+        if s.start <= tok.i < s.end:
+            return min((ORDER.get(g, 2) for g in s.groups), default=2)
+    return UNKNOWN_MODIFIER
+
+
+def add_att(p: Parsed) -> list[Choice]:
+    out = []
+    lex = p.lex
+    att = lex.attributes
+    blocked = set(p.present)  # attributes the caption already has, or their synonyms and hyper/hyponyms
+    for w in p.present:
+        if w in att:
+            blocked |= att.related_members(w)
+    for s in p.objects:
+        head = p.toks[s.head]
+        mods = [c for c in head.children if c.i < s.start and c.dep_ in ("amod", "compound", "nmod", "poss") and
+                c.dep_ != "poss"]
+        have = set()
+        for c in mods:
+            for a in p.attributes:
+                if a.start <= c.i < a.end:
+                    have |= att.groups_of(a.entry)
+        have_rank = {ORDER[g] for g in have if g in ORDER}  # one colour (size, material ...) per noun
+        for g in _addable_groups(att, s.groups, frozenset(have), frozenset(have_rank)):
+            rank = ORDER.get(g, 2)
+            pos = s.start
+            for c in sorted(mods, key=lambda t: t.i):
+                if _modifier_order(p, c) > rank:
+                    pos = min(pos, c.left_edge.i)
+                    break
+            # a few draws per (noun, group), each a distinct member picked when built: listing every member of
+            # every group for every noun would cost more than all the rest of the rules
+            n = min(ADD_ATT_DRAWS, len(att.groups[g]["members"]))
+            out.extend((_insert_attribute, pos, g, j, blocked) for j in range(n))
+    return out
+
+
+ADD_ATT_DRAWS = 3
+_ADDABLE: dict = {}
+
+
+def _addable_groups(att, obj_groups: frozenset[str], have: frozenset[str], have_rank: frozenset[int]) -> list[str]:
+    key = (id(att), obj_groups, have, have_rank)
+    hit = _ADDABLE.get(key)
+    if hit is None:
+        hit = _ADDABLE[key] = sorted(
+            g for g, meta in att.groups.items() if meta.get("add") and g not in NO_ADD_GROUPS and g not in have
+            and ORDER.get(g) not in have_rank
+            and ("*" in meta.get("applies_to", []) or obj_groups & set(meta.get("applies_to", []))))
+        if len(_ADDABLE) > 100_000:
+            _ADDABLE.clear()
+    return hit
+
+
+def _insert_attribute(p: Parsed, pos: int, group: str, j: int, blocked: set[str]) -> Option | None:
+    """The j-th member of a seeded order of the group's members the caption does not already imply."""
+    members = [m for m in p.lex.attributes.groups[group]["members"] if m not in blocked]
+    if j >= len(members):
+        return None
+    random.Random(f"{p.text}\x1f{group}\x1f{pos}").shuffle(members)  # str seeds are stable across runs
+    return _insert_before(p, pos, members[j])
+
+
+def swap_chunks(p: Parsed) -> list[Choice]:
+    chunks = [c for c in p.doc.noun_chunks if c.root.pos_ != "PRON" and not c[0].is_punct and not c[-1].is_punct]
+    out = []
+    for i, c1 in enumerate(chunks):
+        for c2 in chunks[i + 1:]:
+            if c1.end > c2.start or c1.text.lower() == c2.text.lower():
+                continue
+            out.append((_swap, (c1.start, c1.end), (c2.start, c2.end)))
+    return out
+
+
+def _verb_phrase(tok) -> tuple[int, int]:
+    end = tok.i + 1
+    for c in tok.children:
+        if c.dep_ == "prt" and c.i == end:
+            end += 1
+    return tok.i, end
+
+
+def swap_phrases(p: Parsed) -> list[Choice]:
+    verbs = [t for t in p.doc if t.pos_ == "VERB" and t.tag_.startswith("VB")]
+    out = []
+    for i, v1 in enumerate(verbs):
+        for v2 in verbs[i + 1:]:
+            if v1.tag_ != v2.tag_ or v1.lower_ == v2.lower_:
+                continue
+            s1, s2 = _verb_phrase(v1), _verb_phrase(v2)
+            if s1[1] > s2[0]:
+                continue
+            out.append((_swap, s1, s2))
+    return out
+
+
+SWAP_TAGS = ("NN", "NNS", "JJ", "RB")
+
+
+def swap_tags(p: Parsed) -> list[Choice]:
+    out = []
+    toks = [t for t in p.doc if t.tag_ in SWAP_TAGS and t.is_alpha]
+    for i, t1 in enumerate(toks):
+        for t2 in toks[i + 1:]:
+            if t1.tag_ == t2.tag_ and t1.lower_ != t2.lower_:
+                out.append((_swap, (t1.i, t1.i + 1), (t2.i, t2.i + 1)))
+    return out
+
+
+EDIT_KINDS = {"replace_obj": replace_obj, "replace_att": replace_att, "replace_rel": replace_rel,
+              "swap_obj": swap_obj, "swap_att": swap_att, "add_obj": add_obj, "add_att": add_att,
+              "swap_chunks": swap_chunks, "swap_phrases": swap_phrases, "swap_tags": swap_tags}
+SWAP_KINDS = frozenset({"swap_obj", "swap_att", "swap_chunks", "swap_phrases", "swap_tags"})

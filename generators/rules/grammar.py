@@ -1,0 +1,117 @@
+"""Small English grammar for caption edits: articles, inflection (lemminflect), casing, span edits, bags of words."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass
+from functools import lru_cache
+
+# "an" before a vowel sound: a letter heuristic plus the usual exceptions (a unicorn, a one-way street, an hour)
+_AN_EXCEPT = ("uni", "use", "usu", "uti", "ute", "eu", "one", "once", "ukul", "ura", "uri", "uro", "ewe")
+_AN_SILENT_H = ("hour", "honest", "honor", "honour", "heir", "herb")
+_WORD = re.compile(r"[\w'-]+", re.UNICODE)
+
+
+def article_for(word: str) -> str:
+    """``a`` or ``an`` for the word that follows the article."""
+    w = word.lower()
+    if not w:
+        return "a"
+    if w.startswith(_AN_SILENT_H):
+        return "an"
+    if w[0] in "aeiou" and not w.startswith(_AN_EXCEPT):
+        return "an"
+    if w[0] in "8":  # "an 8-year-old"
+        return "an"
+    return "a"
+
+
+def match_case(src: str, new: str) -> str:
+    """``new`` cased like ``src``: ALL CAPS, Capitalised or as given (lexicon entries are lowercase)."""
+    if len(src) > 1 and src.isupper():
+        return new.upper()
+    if src[:1].isupper():
+        return new[:1].upper() + new[1:]
+    return new
+
+
+def first_word(text: str) -> str:
+    m = _WORD.search(text)
+    return m.group(0) if m else ""
+
+
+@lru_cache(maxsize=65536)
+def lemma(word: str, upos: str) -> str:
+    """Lemma of a lowercase word for a universal POS (NOUN, VERB, ADJ); lemminflect, which unlike spaCy's rule
+    lemmatizer gets "riding" -> "ride"."""
+    from lemminflect import getLemma
+
+    if upos == "PROPN":
+        upos = "NOUN"
+    if upos not in ("NOUN", "VERB", "ADJ", "ADV", "AUX"):
+        return word
+    out = getLemma(word, upos=upos)
+    return out[0].lower() if out else word
+
+
+@lru_cache(maxsize=65536)
+def _inflect(word: str, tag: str) -> str:
+    from lemminflect import getInflection
+
+    out = getInflection(word, tag=tag)
+    if out:
+        return out[0]
+    out = getInflection(word, tag=tag, inflect_oov=True)
+    return out[0] if out else word
+
+
+def inflect_noun(entry: str, plural: bool, plurals: dict[str, str] | None = None) -> str:
+    """A (possibly multi-word) noun entry in the singular or plural: the last word carries the number."""
+    if not plural:
+        return entry
+    if plurals and entry in plurals:
+        return plurals[entry]
+    *head, last = entry.split(" ")
+    if plurals and last in plurals:
+        return " ".join([*head, plurals[last]])
+    return " ".join([*head, _inflect(last, "NNS")])
+
+
+def inflect_verb(entry: str, tag: str) -> str:
+    """A verb entry ("ride", "take off") in the form of Penn tag ``tag`` (VBG riding, VBZ rides, VBD rode ...)."""
+    first, *rest = entry.split(" ")
+    if tag in ("VBG", "VBZ", "VBD", "VBN", "VBP"):
+        first = _inflect(first, tag)
+    return " ".join([first, *rest])
+
+
+@dataclass(frozen=True)
+class Edit:
+    """Replace text[start:end] with ``text`` (an insertion when start == end)."""
+
+    start: int
+    end: int
+    text: str
+
+
+def apply_edits(text: str, edits: list[Edit]) -> str:
+    """Apply non-overlapping edits by character span, right to left so earlier offsets stay valid."""
+    out = text
+    last = len(text) + 1
+    for e in sorted(edits, key=lambda e: (e.start, e.end), reverse=True):
+        if e.end > last:
+            raise ValueError(f"overlapping edits in {text!r}: {edits}")
+        out = out[:e.start] + e.text + out[e.end:]
+        last = e.start
+    return out
+
+
+def bag_of_words(text: str) -> Counter:
+    """Lowercase words; ``a`` and ``an`` count as one word (a swap re-agrees them)."""
+    words = [w.lower() for w in _WORD.findall(text)]
+    return Counter("a" if w == "an" else w for w in words)
+
+
+def words(text: str) -> list[str]:
+    return [w.lower() for w in _WORD.findall(text)]
