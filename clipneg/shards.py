@@ -192,6 +192,7 @@ def write_shards(
     world_size: int = 1,
     progress: bool = True,
     source_of: Callable[[Any], str] = lambda item: str(getattr(item, "source", "")),
+    total: int | None = None,
 ) -> dict[str, Any] | None:
     """Write ``items`` (after ``process`` or ``process_batch``) as webdataset shards in ``out_dir``; see the module
     docstring.
@@ -216,7 +217,8 @@ def write_shards(
     n_skipped = n_quarantined = 0
     n_chunks = 0
     seen: set[str] = set()
-    bar = tqdm(desc=f"shards -> {out}", unit="sample", disable=not progress, dynamic_ncols=True)
+    # total (the input count, when the source knows it cheaply) gives the bar its ETA
+    bar = tqdm(desc=f"shards -> {out}", unit="sample", total=total, disable=not progress, dynamic_ncols=True)
     for index, chunk in enumerate(_chunks(items, shard_size)):
         n_chunks += 1
         part_path = parts / f"{prefix}-{index:06d}.json"

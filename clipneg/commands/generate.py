@@ -38,7 +38,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="source format (default: guessed)")
     p.add_argument("--image-dir", help="folder the COCO JSON / table image paths are relative to")
     p.add_argument("--keep-val2017", action="store_true", help="COCO: keep SugarCrepe's val2017 images")
-    p.add_argument("--text", default="rules", help="caption generators, comma-separated: rules, llm (default rules)")
+    p.add_argument("--duplicates", choices=["quarantine", "keep"], default="quarantine",
+                   help="an exact repeat of an earlier (image, caption) pair: quarantine it (default) or keep it")
+    p.add_argument("--text", default="rules", help="caption generators, comma-separated: rules, llm, or none "
+                                                   "(keep the source's captions negatives only; default rules)")
     p.add_argument("--k-text", type=int, default=4, help="negative captions kept per kind and caption (default 4)")
     p.add_argument("--kinds", nargs="+", default=None, help="negative kinds to make (default: each generator's own)")
     p.add_argument("--seed", type=int, default=0, help="base seed; a negative is fixed by (caption, kind, seed)")
@@ -53,6 +56,37 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dry-run", action="store_true", help="print captions with their negatives; write nothing")
     p.add_argument("--show", type=int, default=20, help="--dry-run: how many samples (default 20)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--image", default="", help="image generators after the captions, comma-separated: render (the "
+                   "built-in world), diffusion, mined, flip (default: none)")
+    p.add_argument("--k-image", type=int, default=1, help="negative images per sample and generator (default 1)")
+    p.add_argument("--filter-images", action="store_true",
+                   help="keep a counterfactual only if the reference CLIP (--ref-model) sees it as its caption")
+    p.add_argument("--ref-model", default=None, help="reference open_clip model for --image mined and "
+                                                     "--filter-images (a name, or local-dir:PATH)")
+    p.add_argument("--ref-pretrained", default=None, help="its pretrained tag or checkpoint file")
+    p.add_argument("--device", default="cpu", help="device for the reference model and diffusion (default cpu)")
+    p.add_argument("--world-json", default=None, help="render: the world's WorldConfig fields as JSON (default: "
+                                                       "the source shards' manifest info.world)")
+    g = p.add_argument_group("diffusion (--image diffusion)")
+    g.add_argument("--diffusion-model", default=None, help="hub id or local folder of a diffusers pipeline")
+    g.add_argument("--diffusion-mode", default="text2img", help="text2img, img2img, instruct or inpaint (or "
+                                                                 "several, comma-separated, tried in order)")
+    g.add_argument("--diffusion-steps", type=int, default=None, help="denoising steps (default: the family's)")
+    g.add_argument("--diffusion-guidance", type=float, default=None, help="guidance scale (default: the family's)")
+    g.add_argument("--diffusion-strength", type=float, default=None, help="img2img/inpaint strength")
+    g.add_argument("--diffusion-batch-size", type=int, default=4, help="images per pipeline call (default 4)")
+    g.add_argument("--dtype", default=None, help="float32, float16 or bfloat16 (default: per device)")
+    g.add_argument("--cpu-offload", action="store_true", help="diffusers' model CPU offload (CUDA only)")
+    g = p.add_argument_group("mined (--image mined)")
+    g.add_argument("--mine-range-min", type=int, default=0, help="skip this many nearest neighbours (default 0)")
+    g.add_argument("--mine-range-max", type=int, default=None, help="rank window end (default: as "
+                                                                     "sentence-transformers' mine_hard_negatives)")
+    g.add_argument("--mine-max-score", type=float, default=0.98, help="drop neighbours above this image-image "
+                                                                       "cosine: near-duplicates (default 0.98)")
+    g.add_argument("--mine-margin", type=float, default=None, help="drop a neighbour whose image matches the "
+                                                                    "sample's caption within this margin of the "
+                                                                    "sample's own image")
+    g.add_argument("--mine-sampling", choices=["top", "random"], default="top", help="pick from the window")
     g = p.add_argument_group("llm (--text llm)")
     g.add_argument("--llm-backend", choices=["openai", "vllm", "transformers"], default="openai",
                    help="an OpenAI-compatible server (vLLM serve, Ollama, llama.cpp, hosted), vLLM offline, or a "
@@ -72,9 +106,9 @@ def _rank() -> tuple[int, int]:
 
 def build_stages(args: argparse.Namespace) -> list[Any]:
     """The caption generators named by ``--text``, in order, built in this process (spaCy, clients)."""
-    names = [n.strip() for n in args.text.split(",") if n.strip()]
+    names = [n.strip() for n in args.text.split(",") if n.strip() and n.strip() != "none"]
     unknown = sorted(set(names) - {"rules", "llm"})
-    if unknown or not names:
+    if unknown:
         raise SystemExit(f"--text: unknown generator(s) {unknown or names}; use rules, llm or rules,llm")
     stages: list[Any] = []
     for name in names:
@@ -100,26 +134,136 @@ def build_stages(args: argparse.Namespace) -> list[Any]:
     return stages
 
 
+def _encoder(args: argparse.Namespace) -> Any:
+    from clipneg.encoder import Encoder, EncoderConfig
+    from clipneg.models import load_clip
+
+    if not args.ref_model:
+        raise SystemExit("--image mined and --filter-images need --ref-model (e.g. ViT-B-32-quickgelu with "
+                         "--ref-pretrained openai, or local-dir:PATH)")
+    bundle = load_clip(args.ref_model, args.ref_pretrained, device=args.device)
+    return Encoder(bundle.model, bundle.preprocess_val, bundle.tokenizer,
+                   EncoderConfig(device=args.device, num_workers=0, progress=False))
+
+
+def _world_fields(args: argparse.Namespace) -> dict[str, Any]:
+    if args.world_json:
+        return json.loads(args.world_json)
+    from pathlib import Path
+
+    manifest = Path(args.source) / "manifest.json"
+    world = json.loads(manifest.read_text()).get("info", {}).get("world") if manifest.is_file() else None
+    if world is None:
+        raise SystemExit("--image render needs the world's config: pass --world-json, or a source folder whose "
+                         "manifest.json has info.world (shards written by `clipneg world`)")
+    return world
+
+
+def build_image_stages(args: argparse.Namespace) -> list[Any]:
+    """The image generators named by ``--image``, then the consistency filter with ``--filter-images``."""
+    names = [n.strip() for n in args.image.split(",") if n.strip()]
+    unknown = sorted(set(names) - {"render", "diffusion", "mined", "flip"})
+    if unknown:
+        raise SystemExit(f"--image: unknown generator(s) {unknown}; use render, diffusion, mined, flip")
+    stages: list[Any] = []
+    encoder = _encoder(args) if "mined" in names or args.filter_images else None
+    for name in names:
+        if name == "render":
+            from clipneg.generators.images.render import RenderConfig, WorldRender
+
+            stages.append(WorldRender(RenderConfig(world=_world_fields(args), k_image=args.k_image, seed=args.seed)))
+        elif name == "diffusion":
+            from clipneg.generators.images.diffusion import DiffusionConfig, DiffusionGenerator
+
+            if not args.diffusion_model:
+                raise SystemExit("--image diffusion needs --diffusion-model (a hub id or a local pipeline folder)")
+            modes = tuple(m.strip() for m in args.diffusion_mode.split(","))
+            kw: dict[str, Any] = {"model": args.diffusion_model, "mode": modes[0] if len(modes) == 1 else modes,
+                                  "k_image": args.k_image, "seed": args.seed, "batch_size": args.diffusion_batch_size,
+                                  "device": args.device, "cpu_offload": args.cpu_offload}
+            for key, value in (("steps", args.diffusion_steps), ("guidance", args.diffusion_guidance),
+                               ("strength", args.diffusion_strength), ("dtype", args.dtype)):
+                if value is not None:
+                    kw[key] = value
+            stages.append(DiffusionGenerator(DiffusionConfig(**kw)))
+        elif name == "mined":
+            from clipneg.generators.images.mined import MinedConfig, MinedNeighbours
+
+            miner = MinedNeighbours(MinedConfig(num_negatives=args.k_image, range_min=args.mine_range_min,
+                                                range_max=args.mine_range_max, max_score=args.mine_max_score,
+                                                margin=args.mine_margin, sampling_strategy=args.mine_sampling,
+                                                seed=args.seed),
+                                    encoder=encoder, model_name=_model_name(args))
+            # NegCLIP's neighbours come from the dataset itself: every sample is embedded before the first chunk.
+            from clipneg.generators.pipeline import to_sample
+            from clipneg.shards import Quarantined, QuarantineError
+
+            def readable(items: Any) -> Any:
+                for item in items:
+                    if isinstance(item, Quarantined):
+                        continue
+                    try:
+                        yield to_sample(item)
+                    except QuarantineError:
+                        continue
+
+            n = miner.index(readable(_items(args)[1]))
+            log.info("mined: indexed %d images with %s", n, _model_name(args))
+            stages.append(miner)
+        else:
+            from clipneg.generators.images.flip import HorizontalFlip
+
+            stages.append(HorizontalFlip())
+    if args.filter_images:
+        from clipneg.generators.images.filters import ImageConsistencyFilter
+
+        stages.append(ImageConsistencyFilter(encoder=encoder, model_name=_model_name(args)))
+    return stages
+
+
+def _model_name(args: argparse.Namespace) -> str:
+    return f"{args.ref_model}__{args.ref_pretrained}" if args.ref_pretrained else str(args.ref_model)
+
+
 def _items(args: argparse.Namespace) -> Any:
-    from clipneg.sources import guess_source_kind, open_source
+    from clipneg.sources import filter_duplicates, guess_source_kind, open_source
 
     kind = guess_source_kind(args.source) if args.kind == "auto" else args.kind
     kw: dict[str, Any] = {}
     if kind == "coco" and args.keep_val2017:
         kw["drop_ids"] = set()
-    return kind, open_source(kind, args.source, image_dir=args.image_dir, **kw)
+    items = open_source(kind, args.source, image_dir=args.image_dir, **kw)
+    return kind, filter_duplicates(items, policy=getattr(args, "duplicates", "quarantine"))
 
 
 def _job(args: argparse.Namespace, progress: bool) -> tuple[Any, dict[str, Any]]:
     from clipneg.generators.pipeline import StagePipeline
 
     kind, items = _items(args)
-    pipeline = StagePipeline(build_stages(args), require_negatives=args.require_negatives)
+    pipeline = StagePipeline(build_stages(args) + build_image_stages(args), require_negatives=args.require_negatives)
     info = {"source": {"kind": kind, "path": args.source, "image_dir": args.image_dir},
             "generators": pipeline.manifest(), "seed": args.seed, "k_text": args.k_text,
             "require_negatives": args.require_negatives, "command": "generate"}
     return items, {"process_batch": pipeline, "shard_size": args.shard_size, "prefix": args.prefix, "info": info,
-                   "progress": progress}
+                   "progress": progress, "total": _count(kind, args.source)}
+
+
+def _count(kind: str, source: str) -> int | None:
+    """The number of inputs when it is cheap to know (for the progress bar's ETA), else None."""
+    from pathlib import Path
+
+    path = Path(source)
+    if kind in ("clipneg", "wds") and path.is_dir():
+        sizes = path / "sizes.json"
+        manifest = path / "manifest.json"
+        if manifest.is_file() and kind == "clipneg":
+            return json.loads(manifest.read_text())["counts"]["written"]
+        if sizes.is_file():
+            return sum(json.loads(sizes.read_text()).values())
+    if kind == "table" and path.is_file() and path.suffix != ".jsonl":
+        with path.open("rb") as f:
+            return max(0, sum(1 for _ in f) - 1)
+    return None
 
 
 def summary_table(stage_stats: dict[str, Any]) -> str:
@@ -147,7 +291,7 @@ def _dry_run(args: argparse.Namespace) -> int:
     from clipneg.generators.pipeline import StagePipeline
 
     _, items = _items(args)
-    pipeline = StagePipeline(build_stages(args), require_negatives=args.require_negatives)
+    pipeline = StagePipeline(build_stages(args) + build_image_stages(args), require_negatives=args.require_negatives)
     for item in islice(items, args.show):
         # One sample per call, so the rejections printed under it are its own.
         result = pipeline([item])[0]
@@ -158,10 +302,14 @@ def _dry_run(args: argparse.Namespace) -> int:
         print(f"{result.key}: {result.caption}")
         for t in result.neg_texts:
             print(f"  {t.kind:<26} {t.text}   ({t.gen}, seed {t.seed})")
-        for name, s in stats.items():
+        for im in result.neg_images:
+            depicts = result.neg_texts[im.text].text if im.text is not None else "(no caption)"
+            score = "" if im.score is None else f", score {im.score:.3f}"
+            print(f"  [image {im.gen}{score}] {depicts}")
+        for s in stats.values():
             for kind, reasons in (s.get("rejected", {}) if isinstance(s, dict) else {}).items():
                 for reason, n in reasons.items():
-                    print(f"  x {kind:<24} {name}: {reason}" + (f" (x{n})" if n > 1 else ""))
+                    print(f"  x {kind:<24} {reason}" + (f" (x{n})" if n > 1 else ""))
         print()
     return 0
 

@@ -112,30 +112,36 @@ def _holds_at(a: Obj, na: tuple[int, int], b: Obj, nb: tuple[int, int], rel: str
     return along >= STRICT_MIN and along >= STRICT_RATIO * abs(d[1 - AXIS[rel]])
 
 
-def _replace_rel(scene: Scene, cap: Caption, cfg: WorldConfig, rng: random.Random) -> Iterator[Candidate]:
-    desc, objs = cap.desc, scene.objects
-    options = [(f, r) for f in range(len(desc.facts)) for r in RELATIONS if r != desc.facts[f].rel]
+def _placements(scene: Scene, ia: int, ib: int, rel: str, cfg: WorldConfig, rng: random.Random
+                ) -> Iterator[Scene]:
+    """Scenes with objects ia and ib moved so that ``rel`` holds strictly between them, fewest cell moves first.
+
+    Move as little as possible: new cells for the two objects ordered by total Manhattan distance moved (random
+    tie-break). Offsets travel with their objects, so only cells change.
+    """
+    objs = scene.objects
+    a, b = objs[ia], objs[ib]
     cells = [(r, c) for r in range(cfg.grid) for c in range(cfg.grid)]
+    others = {o.cell for j, o in enumerate(objs) if j not in (ia, ib)}
+    free = [c for c in cells if c not in others]
+    moves = [(na, nb) for na in free for nb in free if na != nb and _holds_at(a, na, b, nb, rel)]
+    cost = [abs(na[0] - a.cell[0]) + abs(na[1] - a.cell[1]) + abs(nb[0] - b.cell[0]) + abs(nb[1] - b.cell[1])
+            for na, nb in moves]
+    for m in sorted(range(len(moves)), key=lambda m: (cost[m], rng.random())):
+        na, nb = moves[m]
+        yield scene.with_objects(_set(_set(objs, ia, a._replace(cell=na)), ib, b._replace(cell=nb)))
+
+
+def _replace_rel(scene: Scene, cap: Caption, cfg: WorldConfig, rng: random.Random) -> Iterator[Candidate]:
+    desc = cap.desc
+    options = [(f, r) for f in range(len(desc.facts)) for r in RELATIONS if r != desc.facts[f].rel]
     for f, rel in _shuffled(rng, options):
         fact = desc.facts[f]
         facts = list(desc.facts)
         facts[f] = Fact(fact.a, rel, fact.b)
         neg = Description(desc.mentions, tuple(facts))
-        ia, ib = cap.binding[fact.a], cap.binding[fact.b]
-        a, b = objs[ia], objs[ib]
-        others = {o.cell for j, o in enumerate(objs) if j not in (ia, ib)}
-        # Move as little as possible: new cells for the two objects ordered by total Manhattan distance moved
-        # (random tie-break); the cheapest placements that make the new relation hold strictly are offered. Offsets
-        # travel with their objects, so only cells change.
-        free = [c for c in cells if c not in others]
-        moves = [(na, nb) for na in free for nb in free if na != nb and _holds_at(a, na, b, nb, rel)]
-        cost = [abs(na[0] - a.cell[0]) + abs(na[1] - a.cell[1]) + abs(nb[0] - b.cell[0]) + abs(nb[1] - b.cell[1])
-                for na, nb in moves]
-        order = sorted(range(len(moves)), key=lambda m: (cost[m], rng.random()))
         found = 0
-        for m in order:
-            na, nb = moves[m]
-            cf = scene.with_objects(_set(_set(objs, ia, a._replace(cell=na)), ib, b._replace(cell=nb)))
+        for cf in _placements(scene, cap.binding[fact.a], cap.binding[fact.b], rel, cfg, rng):
             if scene_satisfies(cf, neg, strict=True):  # the other fact of a chain must survive the move
                 yield neg, cf
                 found += 1
@@ -256,3 +262,53 @@ def make_negatives(scene: Scene, cap: Caption, cfg: WorldConfig, rng: random.Ran
             out.append(found)
             meanings.add(meaning_key(found.caption.desc))
     return tuple(sorted(out, key=lambda n: kinds.index(n.kind)))
+
+
+class NoCounterfactual(ValueError):
+    """A description that no minimal edit of the scene makes true (the reason says which part failed)."""
+
+
+def counterfactual(scene: Scene, cap: Caption, neg: Description, cfg: WorldConfig, rng: random.Random) -> Scene:
+    """The minimally edited scene of which ``neg`` is strictly true, for a negative made by anyone (a rule engine, an
+    LLM): the inverse of reading a caption off a scene, as the exact negatives above do for their own edits.
+
+    Mentions are aligned with the positive's by position (one extra trailing mention is an added object). Each
+    aligned object takes the shape, colour and size its mention now names (so exchanging two mentions' colours
+    exchanges the objects' colours, as swap_att's own counterfactual does); a changed relation moves its two objects
+    the fewest cells, as replace_rel does; an added object is drawn into a free cell. Raises NoCounterfactual when
+    the mentions or facts cannot be aligned or the edited scene is not valid or not true.
+    """
+    pos = cap.desc
+    if len(neg.mentions) not in (len(pos.mentions), len(pos.mentions) + 1):
+        raise NoCounterfactual(f"{len(neg.mentions)} objects named where the scene's caption names "
+                               f"{len(pos.mentions)}")
+    if [(f.a, f.b) for f in neg.facts] != [(f.a, f.b) for f in pos.facts]:
+        raise NoCounterfactual("the relations link other objects than the caption's")
+    objs = list(scene.objects)
+    for k, m in enumerate(neg.mentions[:len(pos.mentions)]):
+        i = cap.binding[k]
+        obj = objs[i]._replace(shape=m.shape, colour=m.colour or objs[i].colour)
+        objs[i] = obj.resized(m.size) if m.size and m.size != obj.size else obj
+    if len(neg.mentions) > len(pos.mentions):
+        free = free_cells(scene, cfg.grid)
+        if not free:
+            raise NoCounterfactual("no free cell for the added object")
+        m = neg.mentions[-1]
+        size = m.size or list(SIZES)[rng.randrange(len(SIZES))]
+        colour = m.colour or cfg.colours[rng.randrange(len(cfg.colours))]
+        objs.append(Obj(m.shape, colour, size, free[rng.randrange(len(free))], sample_offset(rng, size, cfg.jitter)))
+    cf = scene.with_objects(tuple(objs))
+    changed = [f for f, (old, new) in enumerate(zip(pos.facts, neg.facts, strict=True)) if old.rel != new.rel]
+    if len(changed) > 1:
+        raise NoCounterfactual("more than one relation changed")
+    if changed:
+        fact = neg.facts[changed[0]]
+        cf = next((c for c in _placements(cf, cap.binding[fact.a], cap.binding[fact.b], fact.rel, cfg, rng)
+                   if scene_satisfies(c, neg, strict=True)), None)
+        if cf is None:
+            raise NoCounterfactual(f"no placement makes {fact.rel!r} hold")
+    if not is_valid(cf, cfg.grid):
+        raise NoCounterfactual("the edited scene is not valid (objects overlap or leave the grid)")
+    if not scene_satisfies(cf, neg, strict=True):
+        raise NoCounterfactual("the edited scene still does not show the caption")
+    return cf

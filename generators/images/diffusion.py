@@ -125,7 +125,13 @@ def read_model_index(model: str, revision: str | None = None) -> dict[str, Any]:
         return json.loads(index.read_text())
     from diffusers import DiffusionPipeline
 
-    return dict(DiffusionPipeline.load_config(model, revision=revision))
+    try:
+        return dict(DiffusionPipeline.load_config(model, revision=revision))
+    except OSError as e:
+        offline = " (HF_HUB_OFFLINE is set: only the local cache is read)" if os.environ.get("HF_HUB_OFFLINE") else ""
+        raise OSError(f"cannot read model_index.json of {model!r} (revision {revision}){offline}: it is not a local "
+                      f"folder and the hub copy is not available ({e}). Download it once (`hf download {model}`) or "
+                      "pass a local diffusers folder") from e
 
 
 def detect_family(model: str, index: dict[str, Any]) -> str:
@@ -154,7 +160,10 @@ def card_licence(model: str, revision: str | None = None) -> str | None:
             from huggingface_hub import try_to_load_from_cache
         except ImportError:
             return None
-        cached = try_to_load_from_cache(model, "README.md", revision=revision)
+        try:
+            cached = try_to_load_from_cache(model, "README.md", revision=revision)
+        except ValueError:  # not a repo id either (e.g. a folder that does not exist): no card to read
+            return None
         path = Path(cached) if isinstance(cached, str) else None
     if path is None or not path.is_file():
         return None

@@ -9,9 +9,10 @@ seed of (caption, kind, seed) and keeps the first k that pass its checks, so no 
 | replace_obj          | one object noun (phrase) -> a co-hyponym, number kept ("two dogs" -> "two cats")       |
 | replace_att          | one attribute (phrase) -> a co-hyponym ("light blue" -> "red", "two" -> "three")       |
 | replace_rel          | one preposition (phrase) or action verb -> a contrast, verb form kept                  |
-| swap_obj             | two object nouns of the same number exchange places                                  |
+| swap_obj             | two object nouns of the same number (both animate or both not) exchange places       |
 | swap_att             | two attributes of different nouns exchange places                                    |
-| add_obj              | "and a X" after an object noun, X a co-hyponym not in the caption                     |
+| add_obj              | "and a X" after an object noun ("with a X" after a singular subject or a place), X   |
+|                      | a co-hyponym, or from the groups the lexicon's ``add_with`` names for places, people |
 | add_att              | an attribute inserted before an object noun, in English adjective order              |
 | swap_chunks          | two noun chunks exchange places (NegCLIP)                                            |
 | swap_phrases         | two verbs (with their particles) of the same form exchange places (NegCLIP)          |
@@ -72,6 +73,8 @@ class Parsed:
     nltk_tokens: list[str] | None = None  # NLTK tokens for ARO's trigram perturbations, made when first needed
     wordnet: object | None = None  # clipneg.generators.rules.wordnet.WordNet when installed and enabled
     wn_objects: list[Slot] = field(default_factory=list)  # nouns outside the lexicon, replaced through WordNet
+    words: list[str] | None = None  # the caption's words and bag of words, for the generator's checks
+    bag: object | None = None
     objects: list[Slot] = field(default_factory=list)
     attributes: list[Slot] = field(default_factory=list)
     relations: list[Slot] = field(default_factory=list)
@@ -354,7 +357,7 @@ def render(p: Parsed, option: Option) -> str:
         if any(x <= s < y for x, y in covered):
             continue
         nxt = first_word(t) if t.strip() else first_word(p.text[b:])
-        want = match_case(art.text, article_for(nxt))
+        want = article_for(nxt).upper() if p.text.isupper() else match_case(art.text, article_for(nxt))
         if want.lower() != art.lower_:
             edits.append(Edit(s, s + len(art.text), want))
             covered.append((s, s + len(art.text)))
@@ -414,6 +417,7 @@ def _caps(p: Parsed, text: str) -> str:
     return text.upper() if p.text.isupper() else text
 
 
+ANIMATE = frozenset({"people", "roles", "occupations", "animals"})
 NO_SWAP_GROUPS = frozenset({"body_parts", "streets", "venues", "nature", "urban", "rooms", "terrain", "games"})
 
 
@@ -469,6 +473,8 @@ def swap_obj(p: Parsed) -> list[Choice]:
                 continue
             if p.lex.is_mass(s1.entry) != p.lex.is_mass(s2.entry):
                 continue
+            if bool(s1.groups & ANIMATE) != bool(s2.groups & ANIMATE):
+                continue  # people and animals swap with one another, things with things
             out.append((_swap, (s1.start, s1.end), (s2.start, s2.end)))
     return out
 
@@ -509,24 +515,36 @@ def _singular_agreement(tok) -> bool:
 def add_obj(p: Parsed) -> list[Choice]:
     out = []
     lex = p.lex
-    for s in p.objects:
-        groups = [g for g in s.groups if lex.objects.groups[g].get("add")]
-        if not groups:
-            continue
+    add_with = lex.objects.extra.get("add_with", {})
+    slots = list(p.objects)
+    slots += [Slot(t.i, t.i + 1, lemma(t.lower_, "NOUN"), frozenset(), head=t.i, plural=t.tag_ == "NNS", pos="NOUN")
+              for t in p.toks if t.tag_ in NOUN_TAGS and t.dep_ != "compound" and lemma(t.lower_, "NOUN") in add_with
+              and t.i not in p.object_at]  # "people", "person": listed only as hypernyms
+    for s in slots:
         head = p.toks[s.head]
-        if _singular_agreement(head) and not s.plural:
-            continue
+        # "a cat and a dog is" would break the agreement: a singular subject takes "with" ("a cat with a dog is")
+        joiner = "with" if _singular_agreement(head) and not s.plural else "and"
         if s.end < len(p.toks) and p.toks[s.end].lower_ in ("and", "or", ",", "of", "that", "which", "who"):
             continue  # after the last conjunct, never inside "a plate of food" or before "that says ..."
-        out.extend((_add_object, s, cand) for cand in lex.objects.candidates(s.entry, groups)
-                   if cand not in p.present)
+        own = [g for g in s.groups if lex.objects.groups[g].get("add")]
+        choices = [(own, joiner)] if own else []
+        for key in (s.entry, *sorted(s.groups)):  # places take "with a dog"; people "and a dog"
+            rule = add_with.get(key)
+            if rule and not own:
+                choices.append((rule["groups"], "with" if rule.get("joiner") == "with" else joiner))
+        for groups, join in choices:
+            cands = set()
+            for g in groups:
+                cands.update(m for m in lex.objects.groups.get(g, {}).get("members", ())
+                             if m not in p.present and not lex.objects.related(m, s.entry))
+            out.extend((_add_object, s, cand, join) for cand in sorted(cands))
     return out
 
 
-def _add_object(p: Parsed, slot: Slot, cand: str) -> Option:
+def _add_object(p: Parsed, slot: Slot, cand: str, joiner: str = "and") -> Option:
     lex = p.lex
     phrase = cand if lex.is_mass(cand) or lex.is_plural_only(cand) else f"{article_for(cand)} {cand}"
-    return _insert_after(p, slot, f" and {phrase}")
+    return _insert_after(p, slot, f" {joiner} {phrase}")
 
 
 def _modifier_order(p: Parsed, tok) -> int:
@@ -554,6 +572,9 @@ def add_att(p: Parsed) -> list[Choice]:
                 if a.start <= c.i < a.end:
                     have |= att.groups_of(a.entry)
         have_rank = {ORDER[g] for g in have if g in ORDER}  # one colour (size, material ...) per noun
+        # never before the noun's determiner, possessive or number ("the little toilet", not "little the toilet")
+        floor = max([t.i + 1 for t in p.toks[head.left_edge.i:s.start]
+                     if t.dep_ in ("det", "poss", "nummod", "predet")], default=0)
         for g in _addable_groups(att, s.groups, frozenset(have), frozenset(have_rank)):
             rank = ORDER.get(g, 2)
             pos = s.start
@@ -561,6 +582,7 @@ def add_att(p: Parsed) -> list[Choice]:
                 if _modifier_order(p, c) > rank:
                     pos = min(pos, c.left_edge.i)
                     break
+            pos = max(pos, floor)
             # a few draws per (noun, group), each a distinct member picked when built: listing every member of
             # every group for every noun would cost more than all the rest of the rules
             n = min(ADD_ATT_DRAWS, len(att.groups[g]["members"]))

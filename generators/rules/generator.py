@@ -8,7 +8,13 @@ rules``).
 
 Kinds: SugarCrepe's seven (replace_obj, replace_att, replace_rel, swap_obj, swap_att, add_obj, add_att), NegCLIP's
 swaps (swap_chunks, swap_phrases, swap_tags) and ARO's four order perturbations (clipneg.text.order). Deterministic
-for (caption, kind, seed) on any machine: the options of a kind are shuffled by ``stable_seed(caption, kind, seed)``.
+for (caption, kind, seed) on any machine and whatever else is in the chunk: the choices of a kind are sampled with
+``stable_seed(caption, kind, seed)``; each NegText records the base seed. The lexicon, the spaCy model and whether
+WordNet was found also decide the output: ``manifest()`` records all three.
+
+Checks on every candidate, counted in ``stats.rejected`` by (kind, "rules", reason): "no candidate" (the kind does
+not apply to the caption), "equals positive" (same words as the caption), "duplicate" (already made for this sample,
+by any kind or stage), "bag changed" (a swap whose bag of words, a/an counted as one, differs from the caption's).
 Captions are parsed in batches with ``nlp.pipe``; a caption it cannot handle (empty, no letters, longer than
 ``max_chars``) gets no negatives and is counted in ``stats.samples_without``, never an exception.
 """
@@ -212,19 +218,22 @@ class RuleGenerator:
                 return build(p, choice)
 
         kept: list[NegText] = []
-        bag = bag_of_words(caption) if kind in SWAP_KINDS else None
+        if kind in SWAP_KINDS and p.bag is None:
+            p.bag = bag_of_words(caption)
+        if p.words is None:
+            p.words = words(caption)
         for opt in options:
             text = make(opt)
             if text is None:
                 continue
             self.stats.produced[kind] += 1
-            if text == caption or text == plain or words(text) == words(caption):
+            if text == caption or text == plain or words(text) == p.words:
                 self.stats.reject(kind, FILTER, "equals positive")
                 continue
             if text in seen:
                 self.stats.reject(kind, FILTER, "duplicate")
                 continue
-            if bag is not None and bag_of_words(text) != bag:
+            if kind in SWAP_KINDS and bag_of_words(text) != p.bag:
                 self.stats.reject(kind, FILTER, "bag changed")
                 continue
             seen.add(text)

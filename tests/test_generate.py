@@ -1,0 +1,179 @@
+"""`clipneg generate` end to end: a caption table -> shards with rule negatives and provenance; chaining onto clipneg
+shards; the world with rendered counterfactuals; a kill and a rerun give the shards of an uninterrupted run."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from clipneg.commands import generate as command
+from clipneg.schema import members_to_sample
+
+CAPTIONS = [
+    "A man riding a red bike down the street.",
+    "Two dogs playing with a ball on the grass.",
+    "A cat sitting on top of a wooden table.",
+    "A woman holding an umbrella in the rain.",
+    "A plate of pizza next to a glass of water.",
+    "A large elephant walking through the tall grass.",
+    "A boy throwing a frisbee in the park.",
+    "A black car parked in front of a white house.",
+]
+
+
+def _table(folder: Path, n: int) -> Path:
+    (folder / "img").mkdir(parents=True, exist_ok=True)
+    for i in range(4):
+        Image.new("RGB", (8, 8), (60 * i, 20, 200 - 40 * i)).save(folder / "img" / f"{i}.png")
+    rows = ["image,caption"] + [f"img/{i % 4}.png,{CAPTIONS[i % len(CAPTIONS)][:-1]} number {i}." for i in range(n)]
+    path = folder / "pairs.csv"
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def _run(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser()
+    command.add_arguments(parser)
+    return command.run(parser.parse_args(argv))
+
+
+def _read(folder: Path) -> list:
+    import tarfile
+
+    samples = []
+    for tar_path in sorted(folder.glob("*.tar")):
+        with tarfile.open(tar_path) as tar:
+            groups: dict = {}
+            for info in tar:
+                key, _, ext = info.name.partition(".")
+                groups.setdefault(key, {"__key__": key})[ext] = tar.extractfile(info).read()
+        samples += [members_to_sample(g) for g in groups.values()]
+    return samples
+
+
+def _digests(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.glob("*.tar"))}
+
+
+def test_rules_on_a_table_with_provenance_and_a_summary(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    # Given 12 captions in a CSV, one of them duplicated and one not UTF-8
+    table = _table(tmp_path, 12)
+    with table.open("ab") as f:
+        f.write(b"img/0.png,A man riding a red bike down the street number 0.\n")
+        f.write(b"img/1.png,caf\xe9 on a corner\n")
+    out = tmp_path / "out"
+    assert _run([str(table), "--out", str(out), "--text", "rules", "--k-text", "1", "--shard-size", "5",
+                 "--no-progress"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    # Then every input is written or quarantined with its reason
+    assert manifest["counts"] == {"inputs": 14, "written": 12, "quarantined": 2}
+    assert set(manifest["quarantine_reasons"]) == {"duplicate pair", "undecodable caption"}
+    # and every negative carries its provenance; the manifest records the generator's config
+    samples = _read(out)
+    assert len(samples) == 12 and all(s.neg_texts for s in samples)
+    assert {t.gen for s in samples for t in s.neg_texts} == {"rules"}
+    assert all(t.text != s.caption for s in samples for t in s.neg_texts)
+    gen = manifest["info"]["generators"][0]
+    assert gen["name"] == "rules" and "lexicon" in json.dumps(gen) and "spacy" in json.dumps(gen).lower()
+    stats = manifest["stage_stats"]["rules"]
+    assert sum(stats["kept"].values()) == sum(len(s.neg_texts) for s in samples)
+    assert sum(manifest["neg_text_kinds"].values()) == sum(stats["kept"].values())
+    printed = capsys.readouterr().out
+    assert "replace_obj" in printed and '"written": 12' in printed
+
+
+def test_dry_run_prints_and_writes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    table = _table(tmp_path, 4)
+    out = tmp_path / "out"
+    assert _run([str(table), "--out", str(out), "--text", "rules", "--dry-run", "--show", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "number 0." in printed and "number 1." in printed and "number 2." not in printed
+    assert "replace_obj" in printed and not out.exists()
+
+
+def test_require_negatives_quarantines_samples_left_without(tmp_path: Path) -> None:
+    # Given captions no rule can edit (punctuation only) among editable ones
+    table = _table(tmp_path, 3)
+    with table.open("a") as f:
+        f.write("img/0.png,!!! ???\n")
+    out = tmp_path / "out"
+    assert _run([str(table), "--out", str(out), "--kinds", "replace_obj", "--require-negatives", "--no-progress"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["counts"] == {"inputs": 4, "written": 3, "quarantined": 1}
+    assert manifest["quarantine_reasons"] == {"no negatives": 1}
+
+
+def test_chaining_keeps_what_the_shards_carry(tmp_path: Path) -> None:
+    # Given shards with replace_obj negatives, then a second run adding swap kinds onto them
+    table = _table(tmp_path, 8)
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert _run([str(table), "--out", str(first), "--kinds", "replace_obj", "--no-progress"]) == 0
+    assert _run([str(first), "--out", str(second), "--kinds", "add_obj", "--no-progress"]) == 0
+    before = {s.key: s for s in _read(first)}
+    after = _read(second)
+    assert len(after) == len(before) == 8
+    for s in after:
+        kinds = [t.kind for t in s.neg_texts]
+        assert kinds[: len(before[s.key].neg_texts)] == [t.kind for t in before[s.key].neg_texts]
+        assert "add_obj" in kinds and s.image == before[s.key].image
+
+
+def test_world_rules_and_rendered_counterfactuals(tmp_path: Path) -> None:
+    from clipneg.commands import world as world_command
+
+    parser = argparse.ArgumentParser()
+    world_command.add_arguments(parser)
+    assert world_command.run(parser.parse_args(["--out", str(tmp_path / "w"), "--preset", "demo", "--n-train", "24",
+                                                "--n-test", "0", "--no-negatives", "--shard-size", "12",
+                                                "--no-progress"])) == 0
+    out = tmp_path / "gen"
+    assert _run([str(tmp_path / "w" / "shards"), "--out", str(out), "--text", "rules", "--image", "render",
+                 "--k-image", "2", "--no-progress"]) == 0
+    samples = _read(out)
+    assert len(samples) == 24 and sum(len(s.neg_images) for s in samples) >= 24
+    for s in samples:
+        for im in s.neg_images:
+            assert im.gen == "render" and s.neg_texts[im.text].kind == im.kind
+
+
+def _start(table: Path, out: Path) -> subprocess.Popen:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    code = ("import sys; from clipneg.commands import main; sys.exit(main(sys.argv[1:]))")
+    return subprocess.Popen([sys.executable, "-c", code, "generate", str(table), "--out", str(out), "--shard-size",
+                             "40", "--no-progress"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_to_the_uninterrupted_shards(tmp_path: Path) -> None:
+    # Given a run killed once its first shard is committed
+    table = _table(tmp_path, 1200)
+    killed = tmp_path / "killed"
+    proc = _start(table, killed)
+    first = killed / "_parts" / "train-000000.json"
+    deadline = time.time() + 240
+    while not first.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert first.exists(), proc.stderr.read().decode()[-2000:] if proc.poll() is not None else "no shard in 240 s"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    parts = len(list((killed / "_parts").glob("*.json")))
+    assert parts < 30, "the run finished before it could be killed"
+    # When it is rerun, and the same job runs once uninterrupted
+    assert _start(table, killed).wait() == 0
+    whole = tmp_path / "whole"
+    assert _start(table, whole).wait() == 0
+    # Then the shards are byte-identical and no sample is missing or repeated
+    assert _digests(killed) == _digests(whole) and len(_digests(whole)) == 30
+    m = json.loads((killed / "manifest.json").read_text())
+    assert m["counts"] == {"inputs": 1200, "written": 1200, "quarantined": 0}
+    assert m["stage_stats"] == json.loads((whole / "manifest.json").read_text())["stage_stats"]
