@@ -192,7 +192,9 @@ def build_image_stages(args: argparse.Namespace) -> list[Any]:
             miner = MinedNeighbours(MinedConfig(num_negatives=args.k_image, range_min=args.mine_range_min,
                                                 range_max=args.mine_range_max, max_score=args.mine_max_score,
                                                 margin=args.mine_margin, sampling_strategy=args.mine_sampling,
-                                                seed=args.seed),
+                                                seed=args.seed,
+                                                # one process: search all rows at once (half the multiply-adds)
+                                                precompute=_rank()[1] == 1 and args.workers <= 1),
                                     encoder=encoder, model_name=_model_name(args))
             # NegCLIP's neighbours come from the dataset itself: every sample is embedded before the first chunk.
             from clipneg.generators.pipeline import to_sample

@@ -32,8 +32,11 @@ As in ST, the search retrieves a fixed pool (``range_max + 1 + extra_candidates`
 it, a sample gets fewer negatives (counted in ``stats.extra["short"]``).
 
 Search: :func:`nearest`, exact inner-product top-k in blocks of queries (memory ``chunk x N`` scores), in torch, or
-with faiss (``IndexFlatIP``) when it is installed and ``backend`` allows; both give the same neighbours.
-Under ``accelerate launch`` every rank indexes the whole dataset (the neighbours of a sample do not depend on rank).
+with faiss (``IndexFlatIP``) when it is installed and ``backend`` allows; both give the same neighbours (up to the
+order of two cosines equal to ~1e-7). Each call searches its chunk against the whole index; ``precompute=True``
+searches the whole index against itself once instead (a self-search: half the multiply-adds, see
+``bench/mining.py``) and looks rows up. Under ``accelerate launch`` every rank indexes the whole dataset (the
+neighbours of a sample do not depend on rank); leave ``precompute`` off there, each rank would repeat it all.
 """
 
 from __future__ import annotations
@@ -213,7 +216,9 @@ class MinedConfig:
     cosine bounds; margin / relative_margin: false-negative guard on cos(neighbour image, sample caption) (needs
     caption embeddings, computed at index time when set); sampling_strategy: "top" or "random"; seed: base seed of
     "random"; extra_candidates: pool beyond range_max + self, for exclusions; chunk: queries per search block;
-    backend: "auto" (faiss when installed), "torch" or "faiss"."""
+    backend: "auto" (faiss when installed), "torch" or "faiss"; precompute: at the first call, search every indexed
+    row against all at once (a self-search: half the multiply-adds of searching chunk by chunk) and look rows up
+    afterwards; for one process (under many ranks each would repeat the whole search, so leave it off there)."""
 
     num_negatives: int = 1
     range_min: int = 0
@@ -227,6 +232,7 @@ class MinedConfig:
     extra_candidates: int = 16
     chunk: int = 1024
     backend: str = "auto"
+    precompute: bool = False
 
     def __post_init__(self) -> None:
         if self.num_negatives < 1:
@@ -365,6 +371,7 @@ class MinedNeighbours:
         self.model_name = model_name
         self.stats = StageStats()
         self._index: _Index | None = None
+        self._table: tuple[torch.Tensor, torch.Tensor] | None = None  # precomputed pool of every indexed row
 
     # ---- phase 1 ------------------------------------------------------------------------------------------------
     def index(self, items: Iterable[Sample | tuple[str, bytes, str]]) -> int:
@@ -408,6 +415,7 @@ class MinedNeighbours:
             if k in row:
                 raise ValueError(f"key {k!r} is indexed twice (rows {row[k]} and {i}); keys must be unique")
             row[k] = i
+        self._table = None
         self._index = _Index(list(keys), row, list(images), list(exts), list(captions),
                              list(digests) if digests is not None else [_digest(d) for d in images],
                              image_emb.float(), None if caption_emb is None else caption_emb.float())
@@ -457,16 +465,35 @@ class MinedNeighbours:
             self.stats.extra["embedded at call"] += len(missing)
         return img, rows, cap
 
+    def _search(self, img: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The candidate pool of each query: looked up in the precomputed table, or searched now."""
+        cfg, base = self.config, self._index.image_emb
+        pool = min(cfg.pool(), len(base))
+        if not cfg.precompute:
+            return nearest(img, base, pool, cfg.chunk, exclude_self=rows, backend=cfg.backend)
+        if self._table is None:
+            self._table = nearest(base, base, pool, cfg.chunk, exclude_self=True, backend=cfg.backend)
+        have = rows >= 0
+        scores = self._table[0].new_empty(len(rows), pool)
+        idx = self._table[1].new_empty(len(rows), pool)
+        scores[have], idx[have] = self._table[0][rows[have]], self._table[1][rows[have]]
+        if not bool(have.all()):
+            s, i = nearest(img[~have], base, pool, cfg.chunk, backend=cfg.backend)
+            scores[~have], idx[~have] = s, i
+        return scores, idx
+
     def __call__(self, chunk: Sequence[Sample]) -> list[Sample | Quarantined]:
         if self._index is None:
             raise RuntimeError("MinedNeighbours needs the whole dataset indexed first: call stage.index(samples)")
         cfg, ix = self.config, self._index
         chunk = list(chunk)
+        if not ix.keys:  # nothing to mine from: every sample passes through unchanged
+            self.stats.samples_without += len(chunk)
+            return list(chunk)
         if not chunk:
             return []
         img, rows, cap = self._query_embeddings(chunk)
-        scores, idx = nearest(img, ix.image_emb, min(cfg.pool(), len(ix.keys)), cfg.chunk, exclude_self=rows,
-                              backend=cfg.backend)
+        scores, idx = self._search(img, rows)
         # exclusions that are not scores: self (also by key), identical bytes, a caption that would be its own negative
         excluded = torch.zeros_like(idx, dtype=torch.bool)
         own_rows = rows.tolist()
