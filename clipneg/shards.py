@@ -246,6 +246,7 @@ def write_shards(
             "text_kinds": dict(sorted(text_kinds.items())),
             "image_kinds": dict(sorted(image_kinds.items())),
             "stats": take_stats() if take_stats else {},
+            "rank": rank,  # which process wrote the chunk (for the record; the shards do not depend on it)
         }
         # The part record is the commit point: written after the tar, so a kill in between redoes the chunk.
         _atomic_write(part_path, json.dumps(record, sort_keys=True).encode())

@@ -177,3 +177,25 @@ def test_a_killed_run_resumes_to_the_uninterrupted_shards(tmp_path: Path) -> Non
     m = json.loads((killed / "manifest.json").read_text())
     assert m["counts"] == {"inputs": 1200, "written": 1200, "quarantined": 0}
     assert m["stage_stats"] == json.loads((whole / "manifest.json").read_text())["stage_stats"]
+
+
+def test_two_launched_processes_cover_every_input_once(tmp_path: Path) -> None:
+    # Given the same job run by one process and by two launched ones (accelerate launch on CPU processes)
+    table = _table(tmp_path, 60)
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert _run([str(table), "--out", str(one), "--kinds", "replace_obj", "add_att", "--shard-size", "7",
+                 "--no-progress"]) == 0
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"}
+    launcher = Path(sys.executable).with_name("accelerate")
+    proc = subprocess.run([str(launcher), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "clipneg.commands", "generate",
+                           str(table), "--out", str(two), "--kinds", "replace_obj", "add_att", "--shard-size", "7",
+                           "--no-progress"], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # Then the shards are byte-identical: each input written exactly once, by one of the two
+    assert _digests(one) == _digests(two) and len(_digests(two)) == 9
+    m1, m2 = (json.loads((d / "manifest.json").read_text()) for d in (one, two))
+    assert m1["counts"] == m2["counts"] == {"inputs": 60, "written": 60, "quarantined": 0}
+    assert m1["stage_stats"] == m2["stage_stats"]
+    parts = [json.loads(p.read_text()) for p in sorted((two / "_parts").glob("*.json"))]
+    assert sum(p["inputs"] for p in parts) == 60 and {p["rank"] for p in parts} == {0, 1}
