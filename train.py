@@ -11,6 +11,10 @@ Run it:
     # 8 GPUs on one node; several nodes, FSDP or DeepSpeed come from `accelerate config`, not from our flags
     accelerate launch --multi_gpu --num_processes 8 train.py --config configs/fsc_vitb32.yaml
 
+    # LoRA adapters only (peft; the export merges them into plain weights), and a batch of 256 in 4 micro-batches
+    accelerate launch train.py --config configs/ceclip_vitb32.yaml --model.lora.rank 4 --optim.lr 5e-5 \
+        --optim.accumulate 4
+
     # continue a run that was stopped (same step, RNG and data position)
     accelerate launch train.py --config configs/fsc_vitb32.yaml --resume
 
@@ -41,12 +45,14 @@ from tqdm.auto import tqdm
 
 from clipneg.models import ClipBundle, load_clip
 from clipneg.schema import KIND_LIST
+from clipneg.train.accumulate import grad_cache_backward
 from clipneg.train.backends import Backend, build_backend, process_group_kwargs
-from clipneg.train.checkpoints import TrainState, cpu_state, list_checkpoints, resolve_resume, save_checkpoint
+from clipneg.train.checkpoints import TrainState, list_checkpoints, resolve_resume, save_checkpoint
 from clipneg.train.config import TrainConfig, dump_yaml, flatten, parse_args
 from clipneg.train.data import train_batches
 from clipneg.train.evaluation import evaluate
-from clipneg.train.export import export_run
+from clipneg.train.export import export_run, plain_state
+from clipneg.train.lora import apply_lora
 from clipneg.train.optim import build_optimizer, lr_at, set_lr
 from clipneg.train.task import ContrastiveTask
 from clipneg.train.trackers import choose_trackers
@@ -64,6 +70,8 @@ def build_model(cfg: TrainConfig) -> ClipBundle:
     if m.lock_text:
         model.lock_text_tower(unlocked_layers=m.lock_text_unlocked_layers,
                               freeze_layer_norm=m.lock_text_freeze_layer_norm)
+    if m.lora.enabled:  # freezes every base weight; only the adapters (and the logit scale if asked) train
+        apply_lora(model, m.lora, seed=cfg.run.seed)
     if m.grad_checkpointing:
         model.set_grad_checkpointing(True)
     return bundle
@@ -104,7 +112,7 @@ def _train(cfg: TrainConfig, plain: dict, run_dir: Path, backend: Backend,
         torch.backends.cudnn.benchmark = True
     backend.configure(cfg)
     bundle = build_model(cfg)
-    start = cpu_state(bundle.model) if cfg.run.wise_alpha is not None else None
+    start = plain_state(bundle.model) if cfg.run.wise_alpha is not None else None
     task = ContrastiveTask(bundle.model, cfg.loss, KIND_LIST, text_buckets=cfg.model.text_buckets,
                            channels_last=cfg.model.channels_last)
     task, optimizer = backend.prepare(task, lambda model: build_optimizer(model, cfg.optim))
@@ -138,9 +146,13 @@ def _train(cfg: TrainConfig, plain: dict, run_dir: Path, backend: Backend,
         batch = next(data)
         lr = lr_at(state.step, cfg.optim, total)
         set_lr(optimizer, lr)
-        losses = task(batch)
-        loss = sum(losses.values())
-        accelerator.backward(loss)
+        if cfg.optim.accumulate == 1:
+            losses = task(batch)
+            loss = sum(losses.values())
+            accelerator.backward(loss)
+        else:  # GradCache: the whole batch's loss and gradients in micro-batches (clipneg.train.accumulate)
+            losses = grad_cache_backward(task, batch, cfg.optim.accumulate, accelerator)
+            loss = sum(losses.values())
         grad_norm = None
         if cfg.optim.grad_clip_norm is not None:
             grad_norm = accelerator.clip_grad_norm_(task.parameters(), cfg.optim.grad_clip_norm)

@@ -232,6 +232,8 @@ MISSING = {  # config, inputs removed or emptied, the names the error must give
     "rank_k0": (LossConfig(contrastive=0.0, rank=0.2), "k=0", "neg_text_features"),
     "distill": (LossConfig(distill=0.1), (), "teacher_image_features, teacher_text_features"),
     "paraphrase": (LossConfig(contrastive=0.0, paraphrase=1.0), ("para_neg_mask",), "para_neg_mask"),
+    "imc": (LossConfig(contrastive=0.0, imc=0.2), ("neg_text_features",), "neg_text_features"),
+    "imc_k0": (LossConfig(contrastive=0.0, imc=0.2), "k=0", "neg_text_features"),
 }
 
 
@@ -324,6 +326,8 @@ REJECTED = {
                       "loss.hard_negative 0"),
     "rank": (["--loss.rank", "0.2", "--data.k_text", "0"],
              "loss.rank > 0 needs negative captions: set data.k_text > 0 (e.g. 4) or loss.rank 0"),
+    "imc": (["--loss.imc", "0.2", "--data.k_text", "0"],
+            "loss.imc > 0 needs negative captions: set data.k_text > 0 (e.g. 4) or loss.imc 0"),
     "triplet_text": (["--loss.triplet", "1", "--data.k_text", "0", "--data.k_image", "1"],
                      "loss.triplet > 0 needs negative captions: set data.k_text > 0 (e.g. 4) or loss.triplet 0"),
     "neg_text_columns": (["--loss.neg_text_columns", "true", "--data.k_text", "0"],

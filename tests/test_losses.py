@@ -32,6 +32,7 @@ NEG_TERMS = {
     "per_sample_fsc": LossConfig(contrastive=0.0, hard_negative=0.5, focal_gamma=2.0, label_smoothing=0.02),
     "rank": LossConfig(contrastive=0.0, rank=1.0),
     "paraphrase": LossConfig(contrastive=0.0, paraphrase=1.0),
+    "imc": LossConfig(contrastive=0.0, imc=1.0),
 }
 
 
@@ -186,6 +187,40 @@ def test_rank_term_uses_detached_adaptive_threshold_per_kind():
     n = mask.sum(1)
     per = hinge.sum(1) / n.clamp_min(1)
     torch.testing.assert_close(out["rank_loss"], per[n > 0].mean())
+
+
+def test_imc_term_contrasts_each_caption_with_its_own_negative_captions():
+    """CE-CLIP's IMC on hand-built features: per caption with a valid negative, CE over [s cos(I,T) ; s cos(T,T'_k)
+    + log w_k] with target the image, averaged over those captions; each caption meets only its own negatives, so
+    another row's negatives change nothing, and the image enters through the positive logit only."""
+    batch = make_batch()
+    cfg = LossConfig(contrastive=0.0, imc=0.2, kind_weights={"replace_rel": 2.0})
+    out, grads = run(cfg, batch)
+    assert list(out) == ["imc_loss"]
+    img, txt, neg, mask, kind = (batch[k] for k in ("image_features", "text_features", "neg_text_features",
+                                                   "neg_text_mask", "neg_text_kind"))
+    losses = []
+    for i in range(B):
+        if not mask[i].any():
+            continue
+        w = torch.tensor([2.0 if k == KIND_ID["replace_rel"] else 1.0 for k in kind[i][mask[i]]])
+        logits = torch.cat([SCALE * (img[i] @ txt[i])[None], SCALE * neg[i][mask[i]] @ txt[i] + w.log()])
+        losses.append(F.cross_entropy(logits[None], torch.zeros(1, dtype=torch.long)))
+    torch.testing.assert_close(out["imc_loss"], 0.2 * torch.stack(losses).mean())
+    # Hand-built: a caption whose negative is itself gets -log(e^{s c} / (e^{s c} + e^{s})), c = cos(I,T)
+    one = {"image_features": img[:1], "text_features": txt[:1], "logit_scale": SCALE,
+           "neg_text_features": txt[:1, None], "neg_text_mask": torch.ones(1, 1, dtype=torch.bool)}
+    c = img[0] @ txt[0]
+    expected = -torch.log(torch.exp(SCALE * c) / (torch.exp(SCALE * c) + torch.exp(SCALE)))
+    torch.testing.assert_close(run(LossConfig(contrastive=0.0, imc=1.0), one)[0]["imc_loss"], expected)
+    # gradients: captions, their negatives and the images (positive logit); never the negative images
+    assert grads["text_features"].abs().sum() > 0 and grads["neg_text_features"].abs().sum() > 0
+    assert grads["image_features"].abs().sum() > 0 and grads["neg_image_features"].abs().max() == 0
+    shuffled = dict(batch, neg_text_features=batch["neg_text_features"].clone())
+    shuffled["neg_text_features"][1:] = unit(B - 1, KT, D, seed=91)  # other rows' negatives
+    other, _ = run(cfg, {k: (v[:1] if k != "logit_scale" and v.ndim else v) for k, v in shuffled.items()})
+    alone, _ = run(cfg, {k: (v[:1] if k != "logit_scale" and v.ndim else v) for k, v in batch.items()})
+    assert torch.equal(other["imc_loss"], alone["imc_loss"])
 
 
 def test_triplet_term_is_negclip_on_the_negative_pairs():

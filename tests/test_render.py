@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from clipneg.generators.images.render import RenderConfig, WorldRender
+
 from clipneg.schema import NegText, members_to_sample
 from clipneg.shards import write_shards
 from clipneg.world import Renderer, World, example_to_sample, parse_caption, scene_satisfies, world_config

@@ -112,7 +112,8 @@ def test_every_recipe_trains_a_few_steps(recipe, shards, tmp_path):
                                                              ("hard_negative_loss", cfg.loss.hard_negative),
                                                              ("rank_loss", cfg.loss.rank),
                                                              ("distill_loss", cfg.loss.distill),
-                                                             ("paraphrase_loss", cfg.loss.paraphrase)) if w > 0}
+                                                             ("paraphrase_loss", cfg.loss.paraphrase),
+                                                             ("imc_loss", cfg.loss.imc)) if w > 0}
     terms = {k.removeprefix("train/") for k in out if k.endswith("_loss")}
     assert terms == expected
     assert all(torch.isfinite(torch.tensor(out[f"train/{t}"])) for t in terms)

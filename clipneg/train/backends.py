@@ -3,7 +3,8 @@
 train.py's loop is the same for every launch mode; it calls the backend where a mode needs something of its own:
 
 - ``configure(cfg)``: checks the config against the mode before the model is built (FSDP/DeepSpeed refuse
-  channels-last weights; FSDP turns Accelerate's rank-0 weight broadcast off; DeepSpeed fills its "auto" entries).
+  channels-last weights; FSDP turns Accelerate's rank-0 weight broadcast off; DeepSpeed fills its "auto" entries and
+  refuses GradCache accumulation, and LoRA's attention adapters under ZeRO-3).
 - ``prepare(task, make_optimizer)``: ``accelerator.prepare``; the sharded modes first give 0-d parameters shape [1].
 - ``after_step(task)``: clamp the logit scale and step the EMA teacher (DeepSpeed also clamps its fp32 master and
   steps the teacher partition by partition under ZeRO-3).
@@ -119,8 +120,21 @@ class DeepSpeedBackend(FSDPBackend):
 
     def configure(self, cfg: TrainConfig) -> None:
         _refuse_channels_last(cfg, self.name)
-        fill_deepspeed_config(self.accelerator.state.deepspeed_plugin.deepspeed_config, cfg,
-                              self.accelerator.num_processes)
+        ds = self.accelerator.state.deepspeed_plugin.deepspeed_config
+        if cfg.optim.accumulate > 1:
+            # Accelerate's backward under DeepSpeed is engine.backward + engine.step, and the engine scales each loss
+            # by 1 / gradient_accumulation_steps: GradCache's N backward passes of the whole batch's loss would step
+            # N times (or be divided by N). Not wired; DeepSpeed's own accumulation sums per-micro-batch losses, which
+            # is not the contrastive objective.
+            raise ValueError("optim.accumulate > 1 (GradCache) is not supported under DeepSpeed: set "
+                             "--optim.accumulate 1 and lower data.batch_size, or train with DDP or FSDP")
+        if (cfg.model.lora.enabled and "attn" in cfg.model.lora.target_modules
+                and (ds.get("zero_optimization") or {}).get("stage") == 3):
+            # peft's MultiheadAttention deletes in_proj_weight and sets the merged tensor around every forward;
+            # ZeRO-3's partitioned parameters are empty placeholders outside DeepSpeed's own gather hooks.
+            raise ValueError("model.lora.target_modules attn cannot be used under DeepSpeed ZeRO-3: use "
+                             "--model.lora.target_modules [c_fc, c_proj], or ZeRO-1/2, DDP or FSDP")
+        fill_deepspeed_config(ds, cfg, self.accelerator.num_processes)
 
     def clamp_logit_scale(self, task: nn.Module) -> None:
         super().clamp_logit_scale(task)

@@ -76,6 +76,58 @@ class LoaderConfig:
             raise ValueError("k_text, k_image and k_para_neg must be >= 0 and batch_size >= 1")
 
 
+LORA_TOWERS = ("image", "text")
+# LoRA target names -> the open_clip modules they adapt in every residual block of a chosen tower.
+LORA_TARGETS = {
+    # nn.MultiheadAttention: peft's lora.MultiheadAttention adapts its packed q/k/v in_proj AND its out_proj together
+    # (merging the adapters into the weights around each forward); in_proj is a bare parameter, not an nn.Linear.
+    "attn": "attn",
+    "c_fc": "mlp.c_fc",  # MLP up-projection (nn.Linear)
+    "c_proj": "mlp.c_proj",  # MLP down-projection (nn.Linear)
+}
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    """LoRA adapters (Hu et al. ICLR 2022) on the towers' transformer blocks, through peft; rank 0 = off.
+
+    Only the adapter weights train (every base weight is frozen, the logit scale too unless ``train_logit_scale``);
+    the export merges them into plain weights (clipneg.train.lora). ``target_modules`` names entries of LORA_TARGETS.
+    ``out_proj`` alone is refused: nn.MultiheadAttention reads ``out_proj.weight`` inside its own forward and never
+    calls ``out_proj.forward``, so an adapter there would silently train nothing; "attn" adapts it (with in_proj).
+    """
+
+    rank: int = 0
+    alpha: float | None = None  # scaling alpha / rank; None: alpha = rank (scaling 1)
+    dropout: float = 0.0
+    target_modules: tuple[str, ...] = ("attn", "c_fc", "c_proj")
+    towers: tuple[str, ...] = LORA_TOWERS
+    train_logit_scale: bool = False
+
+    def __post_init__(self) -> None:
+        if self.rank < 0:
+            raise ValueError(f"model.lora.rank must be >= 0 (0 turns LoRA off; got {self.rank})")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"model.lora.dropout must be in [0, 1) (got {self.dropout})")
+        if self.alpha is not None and self.alpha <= 0:
+            raise ValueError(f"model.lora.alpha must be > 0, or null for alpha = rank (got {self.alpha})")
+        if "out_proj" in self.target_modules:
+            raise ValueError("model.lora.target_modules: out_proj cannot be adapted alone (nn.MultiheadAttention "
+                             "never calls its forward, so the adapter would train nothing); use attn, which adapts "
+                             "in_proj and out_proj together")
+        unknown = [t for t in self.target_modules if t not in LORA_TARGETS]
+        if unknown or not self.target_modules:
+            raise ValueError(f"model.lora.target_modules must name some of {sorted(LORA_TARGETS)} (got "
+                             f"{list(self.target_modules)})")
+        bad = [t for t in self.towers if t not in LORA_TOWERS]
+        if bad or not self.towers:
+            raise ValueError(f"model.lora.towers must name some of {list(LORA_TOWERS)} (got {list(self.towers)})")
+
+    @property
+    def enabled(self) -> bool:
+        return self.rank > 0
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     name: str = "clipneg-tiny"  # open_clip name, built-in tiny config, or local-dir:PATH
@@ -94,6 +146,12 @@ class ModelConfig:
     lock_text: bool = False  # freeze the text tower except its last `lock_text_unlocked_layers` layers
     lock_text_unlocked_layers: int = 0
     lock_text_freeze_layer_norm: bool = True
+    lora: LoraSettings = field(default_factory=LoraSettings)  # rank > 0: train LoRA adapters only
+
+    def __post_init__(self) -> None:
+        if self.lora.enabled and (self.lock_image or self.lock_text):
+            raise ValueError("model.lora already freezes every base weight: drop model.lock_image / model.lock_text "
+                             "and choose the adapted towers with model.lora.towers")
 
 
 @dataclass(frozen=True)
@@ -113,11 +171,12 @@ class LossConfig:
     distill_ema: float = 0.9996  # teacher decay per optimizer step
     paraphrase: float = 0.0  # caption <-> paraphrase against word-order negatives (text only; data.paraphrases)
     paraphrase_scale: float | None = None  # logit scale of that term; None: the model's learned one
+    imc: float = 0.0  # CE-CLIP intra-modal contrast: a caption against its own negative captions (CE-CLIP: 0.2)
     kind_weights: dict[str, float] = field(default_factory=dict)  # weight per negative kind; unlisted kinds weigh 1
 
     def __post_init__(self) -> None:
-        for name in ("contrastive", "triplet", "hard_negative", "rank", "distill", "paraphrase", "focal_gamma",
-                     "label_smoothing"):
+        for name in ("contrastive", "triplet", "hard_negative", "rank", "distill", "paraphrase", "imc",
+                     "focal_gamma", "label_smoothing"):
             if getattr(self, name) < 0:
                 raise ValueError(f"loss.{name} must be >= 0 (got {getattr(self, name)})")
         if not 0.0 <= self.label_smoothing < 1.0:
@@ -133,7 +192,7 @@ class LossConfig:
 
     @property
     def uses_neg_text(self) -> bool:
-        return self.neg_text_columns or self.triplet > 0 or self.hard_negative > 0 or self.rank > 0
+        return self.neg_text_columns or self.triplet > 0 or self.hard_negative > 0 or self.rank > 0 or self.imc > 0
 
     @property
     def uses_neg_image(self) -> bool:
@@ -153,8 +212,15 @@ class OptimConfig:
     eps: float = 1e-6
     grad_clip_norm: float | None = 1.0  # None turns clipping off
     fused: bool = True  # torch's fused AdamW kernel (CPU and CUDA); same update rule, fewer kernel launches
+    # > 1: split each process's batch of data.batch_size into this many micro-batches and accumulate their gradients
+    # with GradCache (clipneg.train.accumulate): the same loss and gradients as the whole batch (every micro-batch
+    # sees all of the batch's negatives), with the activation memory of one micro-batch. data.batch_size keeps its
+    # meaning (samples per process per optimizer step); open_clip's --accum-freq instead gathers N loader batches.
+    accumulate: int = 1
 
     def __post_init__(self) -> None:
+        if self.accumulate < 1:
+            raise ValueError(f"optim.accumulate must be >= 1 (got {self.accumulate})")
         if self.schedule not in ("cosine", "constant"):
             raise ValueError(f"optim.schedule must be 'cosine' or 'constant' (got {self.schedule!r})")
         if self.lr < 0 or self.min_lr < 0 or self.warmup_steps < 0:
@@ -216,7 +282,8 @@ class TrainConfig:
             for on, name, off in ((loss.neg_text_columns, "loss.neg_text_columns", "false"),
                                   (loss.triplet > 0, "loss.triplet > 0", "0"),
                                   (loss.hard_negative > 0, "loss.hard_negative > 0", "0"),
-                                  (loss.rank > 0, "loss.rank > 0", "0")):
+                                  (loss.rank > 0, "loss.rank > 0", "0"),
+                                  (loss.imc > 0, "loss.imc > 0", "0")):
                 if on:
                     problems.append(f"{name} needs negative captions: set data.k_text > 0 (e.g. 4) or "
                                     f"{name.split()[0]} {off}")
@@ -228,6 +295,9 @@ class TrainConfig:
                                     f"{name.split()[0]} {off}")
         if problems:
             raise ValueError("; ".join(problems))
+        if data.batch_size % self.optim.accumulate:
+            raise ValueError(f"optim.accumulate {self.optim.accumulate} must divide data.batch_size {data.batch_size} "
+                             "(each optimizer step splits the batch into that many equal micro-batches)")
         if self.loss.paraphrase > 0 and not self.data.paraphrases:
             raise ValueError("loss.paraphrase > 0 needs data.paraphrases true (the loader then carries one paraphrase "
                              "per caption)")

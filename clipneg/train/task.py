@@ -66,10 +66,27 @@ class ContrastiveTask(nn.Module):
             self.teacher.eval()  # the teacher never trains (no dropout, frozen statistics)
         return self
 
-    def forward(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
+    def forward(self, batch: Mapping[str, Any], *, features_only: bool = False,
+                cache: Sequence[Mapping[str, Any]] | None = None, index: int = 0) -> dict[str, Tensor]:
+        """The named loss terms of ``batch``.
+
+        GradCache (clipneg.train.accumulate) calls it two more ways, through the same (DDP-)wrapped module:
+        ``features_only=True`` returns the loss inputs of a micro-batch (features, masks, teacher features) instead,
+        and ``cache=[inputs of every micro-batch], index=j`` encodes micro-batch j with gradient and returns the loss
+        of the whole batch, with micro-batch j's live features in place of its cached ones.
+        """
+        if features_only:
+            return self.features(batch)
+        if cache is None:
+            return self.loss(**self.features(batch))
+        live = self.features(batch, teacher=False)
+        return self.loss(**splice(cache, index, live))
+
+    def features(self, batch: Mapping[str, Any], teacher: bool = True) -> dict[str, Any]:
         """Encode each tower once on the concatenation of its named parts, split the features back by the parts'
         sizes, and name them by the loss's rule: the features of batch key X are ``X_features``, and X's masks and
-        index tensors (``PASS_THROUGH``) go with them under their batch names."""
+        index tensors (``PASS_THROUGH``) go with them under their batch names; with ``teacher``, the EMA teacher's
+        features too (when loss.distill > 0)."""
         cfg = self.loss_cfg
         image, text = batch["image"], batch["text"]
         if cfg.paraphrase > 0 and "para_text" not in batch:
@@ -89,12 +106,12 @@ class ContrastiveTask(nn.Module):
                 slots = batch[name].shape[1] if name in SLOTTED else None  # [B, K, ...] parts were flattened
                 feats[f"{name}_features"] = piece if slots is None else piece.view(b, slots, -1)
                 feats.update({k: batch.get(k) for k in PASS_THROUGH.get(name, ())})
-        if self.teacher is not None:
+        if teacher and self.teacher is not None:
             with torch.no_grad():
                 t_out = self._encode(self.teacher, image, text)
             feats["teacher_image_features"] = t_out["image_features"]
             feats["teacher_text_features"] = t_out["text_features"]
-        return self.loss(**feats)
+        return feats
 
     def _parts(self, batch: Mapping[str, Any]) -> tuple[list[tuple[str, Tensor]], list[tuple[str, Tensor]]]:
         """(batch key, rows) of what goes through the image tower and the text tower, positives first; only the parts
@@ -132,3 +149,24 @@ class ContrastiveTask(nn.Module):
         scale = getattr(self.model, "logit_scale", None)
         if scale is not None:
             scale.clamp_(0, max_value)
+
+
+def splice(cache: Sequence[Mapping[str, Any]], index: int, live: Mapping[str, Any]) -> dict[str, Any]:
+    """The loss inputs of the whole batch from each micro-batch's cached inputs, micro-batch ``index``'s replaced by
+    its ``live`` ones (which carry the graph). Rows are concatenated in micro-batch order, so the whole batch's rows
+    keep the loader's order (and the labels their meaning).
+
+    The logit scale enters the loss directly, not through a micro-batch's features: it keeps its graph only in the
+    last micro-batch's loss (the one whose backward DDP synchronises), so its gradient is counted once, not N times.
+    """
+    out: dict[str, Any] = {}
+    for key, value in cache[0].items():
+        if key == "logit_scale":
+            continue
+        if value is None:
+            out[key] = None
+            continue
+        out[key] = torch.cat([live[key] if i == index and key in live else part[key] for i, part in enumerate(cache)])
+    scale = live["logit_scale"]
+    out["logit_scale"] = scale if index == len(cache) - 1 else scale.detach()
+    return out

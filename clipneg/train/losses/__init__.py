@@ -13,6 +13,7 @@ model, so tests call them on hand-built tensors:
 | rank          | ``RankLoss``        | ``rank_loss``          | rank (rank_max_threshold)                          |
 | distill       | ``DistillLoss``     | ``distill_loss``       | distill                                            |
 | paraphrase    | ``ParaphraseLoss``  | ``paraphrase_loss``    | paraphrase (paraphrase_scale; focal and smoothing) |
+| imc           | ``ImcLoss``         | ``imc_loss``           | imc                                                |
 
 ``combined`` holds the dispatcher, ``weights`` the masks and per-kind weights, ``distributed`` the gathers, ``ema``
 the teacher update and the logit-scale bound.
@@ -59,6 +60,9 @@ arguments):
 - ``distill_loss`` (DeGLA, 2025): MSE between student and EMA-teacher image and text features.
 - ``paraphrase_loss`` (ours; text only): the per-sample term twice, with the caption T as anchor over [its paraphrase
   P, the word-order negatives N], and with P as anchor over [T, N], averaged (same focal weighting and smoothing).
+- ``imc_loss`` (CE-CLIP's intra-modal contrast, Zhang et al. CVPR 2024): per caption, a (1+K)-way CE over
+  [s cos(I, T) ; s cos(T, T'_1..K)] with target the image: the caption is pushed away from its own negative captions
+  inside the text space.
 
 Per-kind weights: a weight w on a negative counts it w times: in a softmax its logit gets + log w (w = 0 drops it),
 in the ranking hinge and as a triplet anchor its term is multiplied by w. Kinds not listed weigh 1.
@@ -78,6 +82,7 @@ from clipneg.train.losses.contrastive import ContrastiveLoss
 from clipneg.train.losses.distill import DistillLoss
 from clipneg.train.losses.distributed import all_reduce_sum, gather_no_grad, gather_with_grad, world_info
 from clipneg.train.losses.ema import ema_update, max_logit_scale
+from clipneg.train.losses.imc import ImcLoss
 from clipneg.train.losses.paraphrase import ParaphraseLoss
 from clipneg.train.losses.per_sample import PerSampleLoss
 from clipneg.train.losses.rank import RankLoss
@@ -85,7 +90,7 @@ from clipneg.train.losses.triplet import TripletLoss
 from clipneg.train.losses.weights import MASKED
 
 __all__ = [
-    "INPUT_NAMES", "MASKED", "ContrastiveLoss", "DistillLoss", "HardNegativeLoss", "ParaphraseLoss", "PerSampleLoss",
-    "RankLoss", "TripletLoss", "all_reduce_sum", "ema_update", "gather_no_grad", "gather_with_grad",
+    "INPUT_NAMES", "MASKED", "ContrastiveLoss", "DistillLoss", "HardNegativeLoss", "ImcLoss", "ParaphraseLoss",
+    "PerSampleLoss", "RankLoss", "TripletLoss", "all_reduce_sum", "ema_update", "gather_no_grad", "gather_with_grad",
     "max_logit_scale", "world_info",
 ]

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from clipneg.train.config import LossConfig
 from clipneg.train.losses.contrastive import ContrastiveLoss
 from clipneg.train.losses.distill import DistillLoss
+from clipneg.train.losses.imc import ImcLoss
 from clipneg.train.losses.paraphrase import ParaphraseLoss
 from clipneg.train.losses.per_sample import PerSampleLoss
 from clipneg.train.losses.rank import RankLoss
@@ -68,8 +69,8 @@ class _Term:
 
 class HardNegativeLoss(nn.Module):
     """CLIP, NegCLIP, negative-image columns, per-sample HN (focal + smoothing), TripletCLIP, CE-CLIP rank, DeGLA,
-    paraphrase: ``loss(**inputs) -> {"contrastive_loss": w * ContrastiveLoss(...), ...}`` for each term whose weight
-    in ``cfg`` is > 0, in the order contrastive, triplet, hard_negative, rank, distill, paraphrase.
+    paraphrase, CE-CLIP IMC: ``loss(**inputs) -> {"contrastive_loss": w * ContrastiveLoss(...), ...}`` for each term
+    whose weight in ``cfg`` is > 0, in the order contrastive, triplet, hard_negative, rank, distill, paraphrase, imc.
 
     ``kinds`` is the kind-name list that ``neg_text_kind`` ids index (``clipneg.schema.KIND_LIST``). An input not in
     the table is a TypeError; a configured term whose inputs are missing (or hold K = 0 slots) is a ValueError that
@@ -93,6 +94,7 @@ class HardNegativeLoss(nn.Module):
         self.rank = RankLoss(cfg.rank_max_threshold, len(self.kinds))
         self.distill = DistillLoss()
         self.paraphrase = ParaphraseLoss(self.per_sample, cfg.paraphrase_scale)
+        self.imc = ImcLoss()
 
         captions = "negative captions: set data.k_text > 0"
         contrastive_needs = (("neg_text_features",) if cfg.neg_text_columns else ()) + (
@@ -110,6 +112,7 @@ class HardNegativeLoss(nn.Module):
             _Term("paraphrase", cfg.paraphrase,
                   ("para_text_features", "para_mask", "para_neg_features", "para_neg_mask"),
                   "set data.paraphrases true and data.k_para_neg > 0"),
+            _Term("imc", cfg.imc, ("neg_text_features",), captions),
         ]
         self.terms = tuple(t for t in terms if t.weight > 0)
 
@@ -187,6 +190,9 @@ class HardNegativeLoss(nn.Module):
         r = x.raw
         return self.paraphrase(x.text, r["para_text_features"], r["para_mask"], r["para_neg_features"],
                                r["para_neg_mask"], x.scale)
+
+    def _imc(self, x: _Inputs) -> Tensor:
+        return self.imc(x.image, x.text, x.scale, x.neg_text, x.neg_text_weight)
 
 
 def _present(name: str, value: Tensor | None) -> bool:
