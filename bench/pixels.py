@@ -2,8 +2,9 @@
 
 On an H100 (docs/BENCHMARKS.md, GPU section) ViT-B-32 training was bound by its 8 loader workers, and
 open_clip_train's synthetic dataset (the GPU goal's reference: one blank image, re-transformed per sample, no JPEG
-decoding) trained at 2567 samples/s against our 2297 (0.89x). This measures, on the CPU, what each loader delivers with the same workers, batch and
-transform (ViT-B-32's training transform, open_clip tokenizer, 224 px JPEG shards without negatives):
+decoding) trained at 2567 samples/s against our 2297 (0.89x). This measures, on the CPU, what each loader
+delivers with the same workers, batch and transform (ViT-B-32's training transform, open_clip tokenizer, 224 px JPEG
+shards without negatives):
 
 - clipneg.train.data with the whole transform per image (float32 batches, ``data.uint8_images: false``);
 - clipneg.train.data stopping before ToTensor + Normalize (uint8 batches), with ``PixelNormalizer`` finishing each

@@ -6,6 +6,8 @@
         # clipneg-tiny's ViT, wider
     python bench/world_gain.py --out runs/bench/wg_quick --seeds 0 --recipes clip triplet --finetune-steps 100
         # a quick look
+    python bench/world_gain.py --out runs/bench/wg_gen --recipes clip triplet --negatives exact generated rules
+        # the world's exact negatives vs the generators' (rules + render) vs the rule engine's captions alone
 
 1. Renders the world (--preset, default demo, plus WorldConfig overrides in --world, like `clipneg world --preset P
    --world-json J`): training shards with the exact negatives of every SugarCrepe kind and a counterfactual image per
@@ -13,6 +15,12 @@
 2. Pretrains a tiny CLIP from scratch with the plain CLIP loss (configs/demo_world_pretrain.yaml); one pretrained
    model is shared by all fine-tune seeds (--pretrain-seed -1 pretrains once per seed).
 3. Per seed, fine-tunes it for the same number of steps with each recipe (configs/demo_world_{recipe}.yaml).
+3b. With ``--negatives generated`` / ``rules`` the same recipes also fine-tune, same steps and seeds from the same
+   pretrained model, on shards made by the generators from the world as a plain source (``clipneg world
+   --no-negatives`` -> ``clipneg generate --text rules [--image render]`` with the world lexicon, as ``clipneg demo``):
+   rows ``<recipe>@generated`` (rule captions + rendered counterfactuals) and ``<recipe>@rules`` (rule captions only,
+   no images). ``coverage.json`` compares the generated shards with the exact ones per kind (negatives, images,
+   false negatives the render stage dropped, captions the world's grammar does not parse, paraphrases).
 4. Scores every model on the world benchmarks with the SugarCrepe rule (cos(img, pos) > cos(img, neg), ties wrong),
    per kind, and image-text R@1 on the positives; reports mean and spread over seeds and checks the goal:
    the plain fine-tune fails (<= 70% on replace_rel and on a swap kind), the best hard-negative recipe gains >= 20
@@ -71,14 +79,87 @@ def run_job(cmd: list[str], log: Path) -> float:
 
 
 def train_cmd(recipe: str, out: Path, name: str, seed: int, world: Path, steps: int | None, batch: int | None,
-              extra: list[str], workers: int = 0) -> list[str]:
+              extra: list[str], workers: int = 0, shards: Path | None = None) -> list[str]:
     benches = "[" + ", ".join(str(world / "benchmark" / s) for s in SPLITS) + "]"
     return [sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "configs" / f"demo_world_{recipe}.yaml"),
-            "--data.shards", str(world / "shards"), "--data.num_workers", str(workers),
+            "--data.shards", str(shards or world / "shards"), "--data.num_workers", str(workers),
             "--data.seed", str(seed), "--run.seed", str(seed),
             *(["--data.batch_size", str(batch)] if batch else []), *(["--run.steps", str(steps)] if steps else []),
             "--run.out_dir", str(out / "runs"), "--run.name", name, "--run.progress", "false",
             "--eval.benchmarks", benches, *extra]
+
+
+NEGATIVES = ("exact", "generated", "rules")
+
+
+def row_name(recipe: str, source: str) -> str:
+    """The table row (and run folder stem) of a recipe trained on a source of negatives: "triplet", "triplet@rules"."""
+    return recipe if source == "exact" else f"{recipe}@{source}"
+
+
+def make_generated(out: Path, world: Path, preset: str, overrides: dict, n_train: int, jobs: int,
+                   images: bool) -> Path:
+    """The generators' shards for the same scenes: the world as a plain source (same config and seed, so the same
+    captions), then ``clipneg generate --text rules`` with the world lexicon, and ``--image render`` if ``images``."""
+    from clipneg.generators.rules.world_lexicon import write_world_lexicons
+
+    from clipneg.commands import main as clipneg
+    from clipneg.world import world_config
+
+    plain = out / "world_plain"
+    if not (plain / "shards" / "manifest.json").is_file():
+        code = clipneg(["world", "--out", str(plain), "--preset", preset, "--world-json", json.dumps(overrides),
+                        "--n-train", str(n_train), "--n-test", "0", "--shard-size", str(max(1, n_train // 8)),
+                        "--workers", str(jobs), "--no-negatives", "--no-progress"])
+        if code:
+            raise SystemExit(f"clipneg world --no-negatives failed (exit {code})")
+    name = "shards_generated" if images else "shards_rules"
+    shards = out / name
+    if not (shards / "manifest.json").is_file():
+        info = json.loads((world / "shards" / "manifest.json").read_text())["info"]["world"]
+        lexicons = write_world_lexicons(world_config("default", **info), out / "lexicon")
+        # k-text 1 and an image for each negative: what the world's exact shards carry (one per kind, each drawn)
+        code = clipneg(["generate", str(plain / "shards"), "--out", str(shards), "--text", "rules",
+                        *(["--image", "render", "--k-image", "7"] if images else []), "--k-text", "1",
+                        "--shard-size", str(max(1, n_train // 8)), "--workers", str(jobs), "--no-progress",
+                        *[x for p in lexicons for x in ("--lexicon", str(p))]])
+        if code:
+            raise SystemExit(f"clipneg generate failed (exit {code})")
+    return shards
+
+
+def coverage(world: Path, generated: Path) -> dict:
+    """Per kind: negative captions and images in the exact and the generated shards, with what the generators
+    rejected (false negatives dropped by the render stage, captions the world's grammar does not parse) and the
+    paraphrases each carries."""
+    from clipneg.commands.demo import coverage as stage_coverage
+    from clipneg.sources import iter_clipneg_shards
+
+    exact = json.loads((world / "shards" / "manifest.json").read_text())
+    gen = json.loads((generated / "manifest.json").read_text())
+    per_kind = stage_coverage(gen)
+    paras = {}
+    for label, folder in (("exact", world / "shards"), ("generated", generated)):
+        paras[label] = sum(len(s.paraphrases) for s in iter_clipneg_shards(str(folder)) if hasattr(s, "paraphrases"))
+    return {"samples": {"exact": exact["counts"]["written"], "generated": gen["counts"]["written"]},
+            "paraphrases": paras,
+            "kinds": {k: {"exact_texts": exact.get("neg_text_kinds", {}).get(k, 0),
+                          "exact_images": exact.get("neg_image_kinds", {}).get(k, 0),
+                          "generated_texts": gen.get("neg_text_kinds", {}).get(k, 0),
+                          "generated_images": gen.get("neg_image_kinds", {}).get(k, 0), **per_kind[k]}
+                      for k in SUGARCREPE_KINDS},
+            "rules_extra": gen.get("stage_stats", {}).get("rules", {}).get("extra", {})}
+
+
+def coverage_markdown(cov: dict) -> str:
+    lines = [f"\n\ncoverage on {cov['samples']['generated']} scenes: exact vs generated negatives per kind "
+             f"(paraphrases: exact {cov['paraphrases']['exact']}, generated {cov['paraphrases']['generated']})\n",
+             "| kind | exact texts | exact images | generated texts | generated images | rules made | false "
+             "negatives dropped | not parsed by the world |", "|---" * 8 + "|"]
+    for k, c in cov["kinds"].items():
+        lines.append(f"| {k} | {c['exact_texts']} | {c['exact_images']} | {c['generated_texts']} | "
+                     f"{c['generated_images']} | {c['rules_kept']} | {c['false_negatives']} | {c['no_parse']} |")
+    return "\n".join(lines)
 
 
 def custom_model(folder: Path, overrides: dict) -> Path:
@@ -252,6 +333,12 @@ def main(argv: list[str] | None = None) -> dict:
                    help="also score each fine-tune's accuracy in groups: held-out items by what is novel in the "
                         "caption (an unseen shape-colour pair, or only an unseen relation triple), and replace_rel "
                         "by its edit (the converse relation, or one on the other axis); a few seconds per model")
+    p.add_argument("--negatives", nargs="+", default=["exact"], choices=NEGATIVES,
+                   help="training negatives, each a set of rows: exact (the world's own), generated (rules + render "
+                        "on the world as a plain source), rules (rule captions only, no images); default exact")
+    p.add_argument("--generated-recipes", nargs="+", default=None,
+                   help="recipes run on the generated/rules shards (default: --recipes without clip, which reads no "
+                        "negatives and so is the same row whatever the shards)")
     args = p.parse_args(argv)
     out: Path = args.out
     (out / "logs").mkdir(parents=True, exist_ok=True)
@@ -271,10 +358,11 @@ def main(argv: list[str] | None = None) -> dict:
     elif args.model:
         pre_extra += ["--model.name", args.model]
 
-    def job(recipe: str, name: str, seed: int, steps: int | None, extra: list[str], workers: int = 0) -> float:
+    def job(recipe: str, name: str, seed: int, steps: int | None, extra: list[str], workers: int = 0,
+            shards: Path | None = None) -> float:
         if (out / "runs" / name / "eval.json").is_file():
             return 0.0  # finished earlier: reuse
-        cmd = train_cmd(recipe, out, name, seed, world, steps, args.batch_size, extra, workers)
+        cmd = train_cmd(recipe, out, name, seed, world, steps, args.batch_size, extra, workers, shards)
         return run_job(cmd, out / "logs" / f"{name}.log")
 
     pre_seeds = args.seeds if args.pretrain_seed < 0 else [args.pretrain_seed]
@@ -291,29 +379,49 @@ def main(argv: list[str] | None = None) -> dict:
         list(pool.map(lambda s: job("pretrain", f"pretrain_s{s}", s, args.pretrain_steps, pre_extra, workers),
                       pre_seeds))
         timing["pretrain"] = time.perf_counter() - t0
+        sources: dict[str, Path | None] = {"exact": None} if "exact" in args.negatives else {}
+        for src in ("generated", "rules"):
+            if src in args.negatives:
+                t0 = time.perf_counter()
+                overrides = {"image_size": args.image_size, **json.loads(args.world)}
+                sources[src] = make_generated(out, world, args.preset, overrides, args.n_train, args.jobs,
+                                              images=src == "generated")
+                timing[f"generate_{src}"] = time.perf_counter() - t0
+        gen_recipes = args.generated_recipes or [r for r in args.recipes if r != "clip"]
+        rows = [(r, src) for src in sources for r in (args.recipes if src == "exact" else gen_recipes)]
+        if "exact" not in sources and "clip" in args.recipes:
+            rows.insert(0, ("clip", "exact"))  # the plain control reads no negatives: the same for every source
         t0 = time.perf_counter()
         # Longest jobs first, so the pool does not end on one long job with a core idle.
-        tasks = [(r, s) for r in sorted(args.recipes, key=lambda r: r == "clip") for s in args.seeds]
-        list(pool.map(lambda rs: job(rs[0], f"{rs[0]}_s{rs[1]}", rs[1], args.finetune_steps,
-                                     ["--model.name", start_of(rs[1]), *shlex.split(args.finetune_flags)]), tasks))
+        tasks = [(r, src, s) for r, src in sorted(rows, key=lambda rs: rs[0] == "clip") for s in args.seeds]
+        list(pool.map(lambda t: job(t[0], f"{row_name(t[0], t[1])}_s{t[2]}", t[2], args.finetune_steps,
+                                    ["--model.name", start_of(t[2]), *shlex.split(args.finetune_flags)],
+                                    shards=sources.get(t[1])), tasks))
         timing["finetune"] = time.perf_counter() - t0
     timing["total"] = time.perf_counter() - t_all
 
     results = {"pretrain": [json.loads((out / "runs" / f"pretrain_s{s}" / "eval.json").read_text())
                             for s in pre_seeds]}
-    for r in args.recipes:
-        results[r] = [json.loads((out / "runs" / f"{r}_s{s}" / "eval.json").read_text()) for s in args.seeds]
+    for r, src in rows:
+        results[row_name(r, src)] = [json.loads((out / "runs" / f"{row_name(r, src)}_s{s}" / "eval.json").read_text())
+                                     for s in args.seeds]
     table = summarise(results)
     goal = check_goal(table) if "clip" in table else {}
     report = {"seeds": args.seeds, "args": {k: str(v) for k, v in vars(args).items()}, "timing_s": timing,
               "table": table, "goal": goal}
+    if sources.get("generated"):
+        report["coverage"] = coverage(world, sources["generated"])
+        (out / "coverage.json").write_text(json.dumps(report["coverage"], indent=1))
     if args.breakdown:
-        report["breakdown"] = {r: [breakdown(f"local-dir:{out / 'runs' / f'{r}_s{s}' / 'export'}", world / "benchmark")
-                                   for s in args.seeds] for r in args.recipes}
+        names = [row_name(r, src) for r, src in rows]
+        report["breakdown"] = {n: [breakdown(f"local-dir:{out / 'runs' / f'{n}_s{s}' / 'export'}", world / "benchmark")
+                                   for s in args.seeds] for n in names}
     (out / "summary.json").write_text(json.dumps(report, indent=1))
     text = markdown(table, goal, {k: round(v, 1) for k, v in timing.items()}) if goal else json.dumps(table)
     if args.breakdown:
         text += breakdown_markdown(report["breakdown"])
+    if "coverage" in report:
+        text += coverage_markdown(report["coverage"])
     (out / "summary.md").write_text(text)
     print(text)
     return report

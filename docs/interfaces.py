@@ -64,7 +64,10 @@ def _class_lines(name: str, cls: type) -> list[str]:
     else:
         bases = [b.__name__ for b in cls.__bases__ if b is not object]
         head = f"class {name}" + (f"({', '.join(bases)})" if bases else "")
-    lines = [head + (f"  # {_summary(cls)}" if _summary(cls) else "")]
+    summary = _summary(cls)
+    if summary.startswith(f"{cls.__name__}("):  # the dataclass's generated docstring repeats the fields
+        summary = ""
+    lines = [head + (f"  # {summary}" if summary else "")]
     for attr, member in vars(cls).items():
         if attr.startswith("_") and attr != "__call__":
             continue

@@ -80,3 +80,11 @@ def test_imports_point_one_way(module: str, path: Path) -> None:
 def test_train_script_is_not_imported_by_the_library() -> None:
     for module, path in modules():
         assert "train" not in imports_of(module, path), module
+
+
+def test_every_package_is_in_the_wheel() -> None:
+    # A subpackage missing from pyproject's explicit list installs editable but not from the wheel.
+    tomllib = pytest.importorskip("tomllib")
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {module for module, path in modules() if path.name == "__init__.py"}
+    assert found - listed == set(), f"add to [tool.setuptools] packages in pyproject.toml: {sorted(found - listed)}"

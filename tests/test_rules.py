@@ -161,6 +161,40 @@ def test_adds_exact(nlp, tiny_lex):
     assert outs(tiny(nlp, tiny_lex, "add_att"), "A red dog sleeps.") == set()
 
 
+def test_a_noun_phrase_named_twice_is_edited_at_both_mentions(nlp, tiny_lex):
+    """ "a red dog ..., and the red dog ..." names one dog twice: an edit of it is made at both mentions (or the
+    caption would name a third thing), and edits are never chosen in the repeat alone."""
+    cap = "A man next to a red dog, and the red dog is on a bed."
+    assert outs(tiny(nlp, tiny_lex, "replace_obj"), cap) == {
+        "A man next to a red elephant, and the red elephant is on a bed.",
+        "A woman next to a red dog, and the red dog is on a bed.",
+        "A man next to a red dog, and the red dog is on a mat."}
+    assert outs(tiny(nlp, tiny_lex, "replace_att"), cap) == {
+        "A man next to a light blue dog, and the light blue dog is on a bed.",
+        "A man next to an orange dog, and the orange dog is on a bed."}
+    # a swap moves the word at every mention of the moved thing, though the counts in the bag change
+    assert outs(tiny(nlp, tiny_lex, "swap_obj"), cap) == {"A dog next to a red man, and the red man is on a bed."}
+    # an added attribute goes to both mentions; an added object is named once
+    bare = "A man next to a dog, and the dog is on a bed."
+    assert "A man next to a red dog, and the red dog is on a bed." in outs(tiny(nlp, tiny_lex, "add_att"), bare)
+    assert not any("the red dog" in n and "a red dog" not in n for n in outs(tiny(nlp, tiny_lex, "add_att"), bare))
+    assert outs(tiny(nlp, tiny_lex, "add_obj"), cap) == {
+        "A man with a woman next to a red dog, and the red dog is on a bed."}
+
+
+def test_a_relation_phrase_is_replaced_as_the_lexicon_says_not_as_spacy_tags_it(nlp, tmp_path):
+    """spaCy tags "left" in "a cube left of a ball" as a verb; the phrase belongs to an ADP group, so it is replaced
+    whole, never inflected ("righted of")."""
+    from clipneg.generators.rules.world_lexicon import write_world_lexicons
+
+    from clipneg.world import world_config
+
+    lex = load_lexicon(write_world_lexicons(world_config("default"), tmp_path))
+    g = RuleGenerator(RuleConfig(kinds=("replace_rel",), k=5), nlp=nlp, lexicon=lex)
+    got = outs(g, "a picture of a green triangle left of a small pink ring")
+    assert got == {f"a picture of a green triangle {r} a small pink ring" for r in ("right of", "above", "below")}
+
+
 def test_order_kinds_are_aro_perturbations(nlp, tiny_lex):
     from clipneg.text import nltk_tokenize
 

@@ -56,6 +56,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dry-run", action="store_true", help="print captions with their negatives; write nothing")
     p.add_argument("--show", type=int, default=20, help="--dry-run: how many samples (default 20)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g = p.add_argument_group("caption filters")
+    g.add_argument("--caption-filter", choices=["structural", "none"], default="structural",
+                   help="structural checks on every negative caption: not the positive or a paraphrase, length, "
+                        "CLIP tokens, one slot per replace, one span per add, the bag kept by swaps (default on)")
+    g.add_argument("--min-words", type=int, default=2, help="caption filter: fewest words (default 2)")
+    g.add_argument("--max-tokens", type=int, default=77, help="caption filter: most CLIP tokens (default 77)")
+    g.add_argument("--paraphrase-filter", action="store_true",
+                   help="reject negatives whose sentence embedding is within --paraphrase-threshold of the positive "
+                        "(a false negative; sentence-transformers, installed with clipneg[filters])")
+    g.add_argument("--paraphrase-model", default=None, help="sentence-transformers id or folder (default: the "
+                                                             "bundled all-MiniLM-L6-v2)")
+    g.add_argument("--paraphrase-threshold", type=float, default=0.9, help="reject cosine above this (default 0.9)")
+    g.add_argument("--paraphrase-kinds", nargs="+", default=["llm_free"],
+                   help="kinds checked (default llm_free: minimal edits embed near their positive by design)")
+    g.add_argument("--refine-bias", action="store_true",
+                   help="SugarCrepe's adversarial refinement: a first pass fits blind text-only scorers on every "
+                        "negative, the second keeps a subset on which they are at chance (see docs/RECIPES.md)")
     p.add_argument("--image", default="", help="image generators after the captions, comma-separated: render (the "
                    "built-in world), diffusion, mined, flip (default: none)")
     p.add_argument("--k-image", type=int, default=1, help="negative images per sample and generator (default 1)")
@@ -132,6 +149,44 @@ def build_stages(args: argparse.Namespace) -> list[Any]:
                 kw["kinds"] = tuple(args.kinds)
             stages.append(LLMRewriter(LLMConfig(**kw)))
     return stages
+
+
+def build_filter_stages(args: argparse.Namespace) -> list[Any]:
+    """The caption filters, after the caption generators and before any image is made for a caption."""
+    stages: list[Any] = []
+    if args.caption_filter == "structural":
+        from clipneg.generators.filters import CaptionFilter, CaptionFilterConfig
+
+        stages.append(CaptionFilter(CaptionFilterConfig(min_words=args.min_words, max_tokens=args.max_tokens)))
+    if args.paraphrase_filter:
+        from clipneg.generators.filters import BUNDLED_MINILM, ParaphraseFilter, ParaphraseFilterConfig
+
+        stages.append(ParaphraseFilter(ParaphraseFilterConfig(
+            model=args.paraphrase_model or BUNDLED_MINILM, threshold=args.paraphrase_threshold,
+            kinds=tuple(args.paraphrase_kinds), device=args.device)))
+    return stages
+
+
+def build_refiner(args: argparse.Namespace) -> Any:
+    """Pass 1 of --refine-bias: every caption negative of the run (the source's and the generators', filtered; the
+    generators are deterministic per (caption, kind, seed), and the LLM's answers are cached), fitted at once."""
+    from clipneg.generators.bias import BiasConfig, BiasRefiner
+    from clipneg.generators.pipeline import StagePipeline
+    from clipneg.schema import Sample
+
+    refiner = BiasRefiner(BiasConfig(seed=args.seed))
+    pipeline = StagePipeline(build_stages(args) + build_filter_stages(args))
+    samples: list[Sample] = []
+    chunk: list[Any] = []
+    for item in (*_items(args)[1], None):
+        if item is not None and not hasattr(item, "reason"):  # Quarantined inputs never reach the stages
+            chunk.append(item)
+        if chunk and (item is None or len(chunk) == args.shard_size):
+            samples += [s for s in pipeline(chunk) if isinstance(s, Sample)]
+            chunk = []
+    report = refiner.fit(samples)
+    log.info("refine-bias: keeping %d of %d caption negatives", report["kept"], report["n"])
+    return refiner
 
 
 def _encoder(args: argparse.Namespace) -> Any:
@@ -238,11 +293,16 @@ def _items(args: argparse.Namespace) -> Any:
     return kind, filter_duplicates(items, policy=getattr(args, "duplicates", "quarantine"))
 
 
+def _all_stages(args: argparse.Namespace) -> list[Any]:
+    refine = [build_refiner(args)] if args.refine_bias else []
+    return build_stages(args) + build_filter_stages(args) + refine + build_image_stages(args)
+
+
 def _job(args: argparse.Namespace, progress: bool) -> tuple[Any, dict[str, Any]]:
     from clipneg.generators.pipeline import StagePipeline
 
     kind, items = _items(args)
-    pipeline = StagePipeline(build_stages(args) + build_image_stages(args), require_negatives=args.require_negatives)
+    pipeline = StagePipeline(_all_stages(args), require_negatives=args.require_negatives)
     info = {"source": {"kind": kind, "path": args.source, "image_dir": args.image_dir},
             "generators": pipeline.manifest(), "seed": args.seed, "k_text": args.k_text,
             "require_negatives": args.require_negatives, "command": "generate"}
@@ -293,7 +353,7 @@ def _dry_run(args: argparse.Namespace) -> int:
     from clipneg.generators.pipeline import StagePipeline
 
     _, items = _items(args)
-    pipeline = StagePipeline(build_stages(args) + build_image_stages(args), require_negatives=args.require_negatives)
+    pipeline = StagePipeline(_all_stages(args), require_negatives=args.require_negatives)
     for item in islice(items, args.show):
         # One sample per call, so the rejections printed under it are its own.
         result = pipeline([item])[0]

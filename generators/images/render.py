@@ -9,7 +9,10 @@ pixels of the world's exact swap_att counterfactual. This is where the generator
 - a negative caption that does not parse gets no image ("does not parse");
 - one that is true of the positive scene, even read loosely, is a false negative: it gets no image, and with
   ``drop_false_negatives`` it is removed from the sample's negative captions (the world knows; real data does not);
-- one that no minimal edit makes true gets no image, with the reason.
+- one that no minimal edit makes true gets no image, with the reason;
+- the held-out line is kept as the world keeps it for its own negatives: on the train and test splits a negative
+  caption that states a held-out composition is removed, and a counterfactual scene that shows one gets no image (no
+  leak into training, no "unfamiliar, so false" cue in the seen benchmark); on test_heldout a negative must state one.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from clipneg.world.render import Renderer, encode_image
 from ..base import StageStats, config_hash, stable_seed
 
 GEN = "render"
+HELDOUT_DRAWS = 16  # redraws of an edit's random part before giving up on its image
 
 
 @dataclass(frozen=True)
@@ -89,6 +93,10 @@ class WorldRender:
                 self.stats.reject(neg.kind, GEN, "false negative: true of the positive scene")
                 if self.config.drop_false_negatives:
                     continue
+            if desc is not None and self.world.heldout.desc_unseen(desc) != (ex.split == "test_heldout"):
+                self.stats.reject(neg.kind, GEN, "held-out line: the caption states a held-out composition"
+                                  if ex.split != "test_heldout" else "held-out line: no held-out composition stated")
+                continue
             remap[j] = len(kept)
             kept.append(neg)
             wanted = self.config.kinds is None or neg.kind in self.config.kinds
@@ -98,14 +106,9 @@ class WorldRender:
             if desc is None:
                 self.stats.reject(neg.kind, GEN, "does not parse")
                 continue
-            rng = random.Random(stable_seed(sample.key, neg.text, neg.kind, self.config.seed))
-            try:
-                cf = counterfactual(ex.scene, ex.caption, desc, self.world.cfg, rng)
-            except NoCounterfactual as e:
-                self.stats.reject(neg.kind, GEN, f"no counterfactual: {e}")
-                continue
-            if not neg.kind.startswith("add_") and scene_satisfies(cf, ex.caption.desc, strict=False):
-                self.stats.reject(neg.kind, GEN, "the positive stays true of the counterfactual")
+            cf, reason = self._counterfactual(sample, ex, neg, desc)
+            if cf is None:
+                self.stats.reject(neg.kind, GEN, reason)
                 continue
             data = encode_image(self.renderer.render(cf), "png", png_level=self.world.cfg.png_level)
             images.append((len(kept) - 1, data, neg.kind))
@@ -121,3 +124,20 @@ class WorldRender:
         if not images:
             self.stats.samples_without += 1
         return sample
+
+    def _counterfactual(self, sample: Sample, ex: Any, neg: NegText, desc: Any) -> tuple[Any, str]:
+        """The scene to draw, or None and the reason. The random part of an edit (where an added object goes, which
+        way a moved one steps) is drawn again when it would show a held-out composition, as the world's own
+        negatives are; the first draw keeps the seed of (sample, caption, kind, seed)."""
+        for draw in range(HELDOUT_DRAWS):
+            extra = (draw,) if draw else ()
+            rng = random.Random(stable_seed(sample.key, neg.text, neg.kind, self.config.seed, *extra))
+            try:
+                cf = counterfactual(ex.scene, ex.caption, desc, self.world.cfg, rng)
+            except NoCounterfactual as e:
+                return None, f"no counterfactual: {e}"
+            if not neg.kind.startswith("add_") and scene_satisfies(cf, ex.caption.desc, strict=False):
+                return None, "the positive stays true of the counterfactual"
+            if ex.split == "test_heldout" or not self.world.heldout.scene_unseen(cf):
+                return cf, ""
+        return None, "held-out line: every counterfactual drawn shows a held-out composition"

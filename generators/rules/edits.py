@@ -18,6 +18,9 @@ seed of (caption, kind, seed) and keeps the first k that pass its checks, so no 
 | swap_phrases         | two verbs (with their particles) of the same form exchange places (NegCLIP)          |
 | swap_tags            | two tokens of the same tag NN, NNS, JJ or RB exchange places (NegCLIP)               |
 
+A noun phrase named again with "the" ("a red dog ..., and the red dog is ...") is one thing: edits are chosen in
+its first mention and made at both, so a negative changes the thing rather than naming a third one.
+
 After every edit the article before it is re-agreed ("a dog" -> "an elephant"), and casing follows the replaced
 text (a sentence-initial word stays capitalised, a moved one is lower-cased unless it is a proper noun).
 """
@@ -80,6 +83,10 @@ class Parsed:
     relations: list[Slot] = field(default_factory=list)
     object_at: dict[int, Slot] = field(default_factory=dict)  # head token -> object slot
     present: set[str] = field(default_factory=set)  # words and lemmas of the caption
+    # (antecedent, repeat) character spans of a noun phrase named again with "the": "a white arrow ..., and the
+    # white arrow is ..."; an edit inside the antecedent is made in the repeat too (see _corefs)
+    corefs: list[tuple[tuple[int, int], tuple[int, int]]] = field(default_factory=list)
+    repeats: set[int] = field(default_factory=set)  # the repeats' tokens: never edited on their own
 
     def span_chars(self, start: int, end: int) -> tuple[int, int]:
         toks = self.toks
@@ -124,8 +131,10 @@ def _relation_spans(doc, lows: list[str], lex: Lexicon, taken: set[int]) -> list
                 groups = {g for g in rel.groups_of(phrase) if rel.groups[g].get("pos", "ADP") in ("ADP", "VERB")}
                 groups = _pobj_ok(doc, toks[-1], groups, lex)
                 if groups:
-                    pos = "VERB" if toks[0].pos_ == "VERB" else "ADP"
-                    found = Slot(i, i + size, phrase, frozenset(groups), pos=pos)
+                    # the group says what the phrase is: spaCy tags "left" of "left of" as a verb, and inflecting
+                    # "right of" like it gave "righted of"
+                    verbal = toks[0].pos_ == "VERB" and any(rel.groups[g].get("pos") == "VERB" for g in groups)
+                    found = Slot(i, i + size, phrase, frozenset(groups), pos="VERB" if verbal else "ADP")
             if found:
                 break
         if found:
@@ -297,6 +306,50 @@ def _attributes(doc, lows: list[str], lex: Lexicon, taken: set[int], object_at: 
     return out
 
 
+def _body(toks, slot: Slot) -> tuple[str, int]:
+    """(determiner, first token) of an object's noun phrase: the modifiers between its determiner and the noun."""
+    head = toks[slot.head]
+    j = slot.start - 1
+    while j >= head.left_edge.i and toks[j].dep_ not in ("det", "poss", "predet", "nummod"):
+        j -= 1
+    det = toks[j].lower_ if j >= head.left_edge.i and toks[j].dep_ == "det" else ""
+    return det, j + 1
+
+
+def _corefs(p: Parsed) -> set[int]:
+    """Link each noun phrase named again with "the" to its latest indefinite antecedent with the same words, and
+    return the repeats' tokens. Editing only one of the two would make the caption name a third thing ("a white
+    arrow ..., and the white heart is ...") instead of changing the one it names twice; the world's own negatives,
+    and SugarCrepe's human-checked ones, change the entity, so edits are chosen in the antecedent and mirrored."""
+    toks, lows = p.toks, [t.lower_ for t in p.toks]
+    seen: dict[tuple[str, ...], tuple[int, int]] = {}  # body words -> latest indefinite body, as tokens
+    repeats: set[int] = set()
+    for s in p.objects:
+        det, start = _body(toks, s)
+        key = tuple(lows[start:s.end])
+        if det in ARTICLES:
+            seen[key] = (start, s.end)
+        elif det == "the" and key in seen:
+            a, c = p.span_chars(*seen[key]), p.span_chars(start, s.end)
+            if p.text[a[0]:a[1]].lower() == p.text[c[0]:c[1]].lower():  # same characters: offsets carry over
+                p.corefs.append((a, c))
+                repeats.update(range(start, s.end))
+    return repeats
+
+
+def _mirror(p: Parsed, option: Option) -> Option:
+    """The option with each edit inside an antecedent made in its repeat too (insertions after the noun, which
+    add an object, stay where they are)."""
+    out = list(option)
+    for (a0, a1), (c0, _) in p.corefs:
+        for a, b, t, _prev in option:
+            if a0 <= a <= b <= a1 and not a == b == a1:
+                if t[:1] and p.text[a:a + 1].isupper() != p.text[a - a0 + c0:a - a0 + c0 + 1].isupper():
+                    t = t[:1].swapcase() + t[1:]
+                out.append((a - a0 + c0, b - a0 + c0, t, None))
+    return out
+
+
 def parse(text: str, doc, lex: Lexicon, wordnet=None) -> Parsed:
     toks = list(doc)
     lows = [t.lower_ for t in toks]
@@ -310,6 +363,12 @@ def parse(text: str, doc, lex: Lexicon, wordnet=None) -> Parsed:
     p.attributes = _attributes(toks, lows, lex, taken, p.object_at)
     p.present = set(lows) | {lemma(w, "NOUN") for w, tag in zip(lows, tags, strict=True) if tag in NOUN_TAGS}
     p.present |= {s.entry for s in p.objects} | {s.entry for s in p.attributes}
+    repeats = _corefs(p)
+    if repeats:  # edits start in the antecedent only; the repeat follows it (_mirror)
+        p.objects = [s for s in p.objects if s.head not in repeats]
+        p.attributes = [s for s in p.attributes if s.start not in repeats]
+        taken |= repeats
+    p.repeats = repeats
     if wordnet is not None:
         taken |= {i for s in p.attributes for i in range(s.start, s.end)}
         p.wn_objects = [Slot(t.i, t.i + 1, lemma(t.lower_, "NOUN"), frozenset({"wordnet"}), head=t.i,
@@ -338,10 +397,13 @@ def _decap(tok, text: str) -> str:
     return text[:1].lower() + text[1:]
 
 
-def build(p: Parsed, choice: Choice) -> str | None:
-    """The negative text of one choice of a kind (None: the choice turned out empty)."""
+def build(p: Parsed, choice: Choice, mirror: bool = True) -> str | None:
+    """The negative text of one choice of a kind (None: the choice turned out empty); ``mirror=False`` leaves the
+    repeats of edited noun phrases as they were (the generator checks a swap's bag of words on that text)."""
     option = choice[0](p, *choice[1:])
-    return None if option is None else render(p, option)
+    if option is None:
+        return None
+    return render(p, _mirror(p, option) if mirror and p.corefs else option)
 
 
 def render(p: Parsed, option: Option) -> str:
@@ -481,7 +543,7 @@ def swap_obj(p: Parsed) -> list[Choice]:
 
 def _plain_adjectives(p: Parsed) -> list[Slot]:
     """Adjectives outside the lexicon that modify a noun ("a grassy field"): swappable, never replaced."""
-    taken = {i for s in (*p.attributes, *p.objects, *p.relations) for i in range(s.start, s.end)}
+    taken = {i for s in (*p.attributes, *p.objects, *p.relations) for i in range(s.start, s.end)} | p.repeats
     return [Slot(t.i, t.i + 1, t.lower_, frozenset(), head=t.head.i, pos="ADJ") for t in p.toks
             if t.tag_ == "JJ" and t.dep_ == "amod" and t.head.pos_ == "NOUN" and t.i not in taken and t.is_alpha]
 
@@ -566,15 +628,16 @@ def add_att(p: Parsed) -> list[Choice]:
         head = p.toks[s.head]
         mods = [c for c in head.children if c.i < s.start and c.dep_ in ("amod", "compound", "nmod", "poss") and
                 c.dep_ != "poss"]
-        have = set()
-        for c in mods:
-            for a in p.attributes:
-                if a.start <= c.i < a.end:
-                    have |= att.groups_of(a.entry)
-        have_rank = {ORDER[g] for g in have if g in ORDER}  # one colour (size, material ...) per noun
         # never before the noun's determiner, possessive or number ("the little toilet", not "little the toilet")
         floor = max([t.i + 1 for t in p.toks[head.left_edge.i:s.start]
                      if t.dep_ in ("det", "poss", "nummod", "predet")], default=0)
+        # the attributes between the determiner and the noun, whatever spaCy made their head ("a small pink cross"
+        # can parse "small" as a modifier of "pink")
+        have = set()
+        for a in p.attributes:
+            if floor <= a.start < s.start:
+                have |= att.groups_of(a.entry)
+        have_rank = {ORDER[g] for g in have if g in ORDER}  # one colour (size, material ...) per noun
         for g in _addable_groups(att, s.groups, frozenset(have), frozenset(have_rank)):
             rank = ORDER.get(g, 2)
             pos = s.start

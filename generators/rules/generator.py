@@ -15,8 +15,11 @@ WordNet was found also decide the output: ``manifest()`` records all three.
 Checks on every candidate, counted in ``stats.rejected`` by (kind, "rules", reason): "no candidate" (the kind does
 not apply to the caption), "equals positive" (same words as the caption), "duplicate" (already made for this sample,
 by any kind or stage), "bag changed" (a swap whose bag of words, a/an counted as one, differs from the caption's).
-Captions are parsed in batches with ``nlp.pipe``; a caption it cannot handle (empty, no letters, longer than
-``max_chars``) gets no negatives and is counted in ``stats.samples_without``, never an exception.
+With a lexicon that names converse relations (``relations.converse``), each relation caption also gets its converse
+paraphrase and word-order negatives in ``sample.paraphrases`` (generators/rules/paraphrase.py; reasons for none are
+counted in ``stats.extra`` as "paraphrase: <reason>"). Captions are parsed in batches with ``nlp.pipe``; a caption it
+cannot handle (empty, no letters, longer than ``max_chars``) gets no negatives and is counted in
+``stats.samples_without``, never an exception.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from clipneg.schema import KINDS, NegText, Sample
+from clipneg.schema import KINDS, NegText, Paraphrase, Sample
 from clipneg.shards import Quarantined
 from clipneg.text.nlp import NLTK_TOKENIZER, PARSER_PIPES, SPACY_MODELS, load_spacy, nltk_tokenize, spacy_model_id
 from clipneg.text.order import ADJ_TAGS, NOUN_TAGS, PERTURBATIONS, TRIGRAM_KINDS, perturb
@@ -40,6 +43,7 @@ from ..base import StageStats, config_hash, stable_seed
 from .edits import EDIT_KINDS, SWAP_KINDS, build, parse
 from .grammar import bag_of_words, words
 from .lexicon import Lexicon, load_lexicon
+from .paraphrase import converse_map, restate
 from .wordnet import WordNet
 
 logger = logging.getLogger(__name__)
@@ -69,6 +73,9 @@ class RuleConfig:
     tries_per_negative: int = 6
     max_chars: int = 1000
     wordnet: bool = True  # use NLTK's WordNet for words outside the lexicon when its data is installed
+    # converse paraphrases ("b right of a" for "a left of b", with their word-order negatives) of relation captions,
+    # when the lexicon names converses (relations.converse; generators/rules/paraphrase.py); the built-in has none
+    paraphrases: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kinds", tuple(self.kinds))
@@ -109,6 +116,7 @@ class RuleGenerator:
         self.lexicon = lexicon or load_lexicon(self.config.lexicons)
         self._nlp = nlp
         self.wordnet = (wordnet or WordNet.load()) if self.config.wordnet else None
+        self.converse = converse_map(self.lexicon.relations.extra) if self.config.paraphrases else {}
         if TRIGRAM_KINDS & set(self.config.kinds):
             nltk_tokenize("")  # import NLTK (seconds) now, not inside the first chunk
 
@@ -153,8 +161,11 @@ class RuleGenerator:
             else:
                 self.stats.extra[f"skipped: {why}"] += 1
         docs = self.nlp.pipe([chunk[i].caption for i in todo], batch_size=self.config.batch_size)
-        made = {i: self.negatives(chunk[i].caption, doc, {n.text for n in chunk[i].neg_texts})
-                for i, doc in zip(todo, docs, strict=True)}
+        made = {}
+        for i, doc in zip(todo, docs, strict=True):
+            made[i] = self.negatives(chunk[i].caption, doc, {n.text for n in chunk[i].neg_texts})
+            if self.converse:
+                self._paraphrase(chunk[i], doc)
         out: list[Sample | Quarantined] = []
         for i, s in enumerate(chunk):
             negs = made.get(i, [])
@@ -168,6 +179,27 @@ class RuleGenerator:
         """Negatives for plain captions (no Sample needed): one list per caption, in order."""
         samples = [Sample(key=f"c{i}", image=b"x", image_ext="jpg", caption=c) for i, c in enumerate(captions)]
         return [s.neg_texts for s in self(samples)]
+
+    def paraphrases(self, captions: Sequence[str]) -> list[list[Paraphrase]]:
+        """Converse paraphrases of plain captions: one list (empty or one) per caption, in order."""
+        samples = [Sample(key=f"c{i}", image=b"x", image_ext="jpg", caption=c) for i, c in enumerate(captions)]
+        return [s.paraphrases for s in self(samples)]
+
+    def _paraphrase(self, sample: Sample, doc) -> None:
+        """Append the caption's converse paraphrase (unless the sample already has that text), counting why not."""
+        try:
+            made, why = restate(parse(sample.caption, doc, self.lexicon, None), self.converse)
+        except Exception:  # like negatives(): a parse the rules do not expect must not stop a shard
+            logger.exception("converse paraphrase failed on caption %r", sample.caption)
+            self.stats.extra["paraphrase: errors"] += 1
+            return
+        if made is None:
+            self.stats.extra[f"paraphrase: {why}"] += 1
+        elif made.text in {p.text for p in sample.paraphrases} or made.text == sample.caption:
+            self.stats.extra["paraphrase: duplicate"] += 1
+        else:
+            sample.paraphrases.append(Paraphrase(made.text, GEN, self.config.seed, made.negatives))
+            self.stats.extra["paraphrases"] += 1
 
     def negatives(self, caption: str, doc, existing: set[str] = frozenset()) -> list[NegText]:
         """All the negatives of one parsed caption, kind by kind."""
@@ -233,7 +265,9 @@ class RuleGenerator:
             if text in seen:
                 self.stats.reject(kind, FILTER, "duplicate")
                 continue
-            if kind in SWAP_KINDS and bag_of_words(text) != p.bag:
+            # a swap keeps the bag of words; a repeat of a swapped noun phrase follows it ("the white arrow"), so
+            # the bag is checked before the repeats are mirrored
+            if kind in SWAP_KINDS and bag_of_words(build(p, opt, mirror=False) if p.corefs else text) != p.bag:
                 self.stats.reject(kind, FILTER, "bag changed")
                 continue
             seen.add(text)
