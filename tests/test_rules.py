@@ -6,6 +6,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+from collections import Counter
 
 import pytest
 
@@ -127,6 +128,14 @@ def test_replace_att_multiword_and_numbers(nlp, tiny_lex):
     assert outs(g, "A light blue car.") == {"A red car.", "An orange car."}
     assert outs(g, "An orange car.") == {"A red car.", "A light blue car."}
     assert outs(g, "Two dogs sleep.") == {"Three dogs sleep."}
+
+
+def test_replace_att_never_repeats_the_other_colour_or_stacks_determiners(nlp, builtin_lex):
+    g = RuleGenerator(RuleConfig(kinds=("replace_att",), k=50), nlp=nlp, lexicon=builtin_lex)
+    colours = outs(g, "A black and brown dog sits on a chair.")
+    assert colours and not any("brown and brown" in t or "black and black" in t for t in colours)
+    numbers = outs(g, "the seven sheep are preparing to be sheered.")
+    assert numbers and not any(t.startswith(("the a ", "the an ")) for t in numbers)
 
 
 def test_replace_rel_keeps_verb_form(nlp, tiny_lex):
@@ -439,3 +448,30 @@ def test_wordnet_extends_the_lexicon_when_present(nlp, tiny_lex):
     assert not {t for t in outs(off, "A lizard on a noisy mat.") if "snake" in t or "quiet" in t}
     wn = WordNet.load()  # never downloads: None here, a WordNet where NLTK's data is installed
     assert wn is None or wn.cohyponyms("dog")
+
+
+def test_on_the_world_every_negative_parses_and_is_false_of_its_scene(nlp, tmp_path):
+    """Where the truth is known: with the world's lexicon every rule negative of a world caption parses under the
+    world's grammar, and the replace and add_obj ones are all false of the scene. A swap can be true by coincidence
+    (two objects that share what is swapped, seen from the other side) and an added attribute can be the one the
+    caption left out: text alone cannot know, so the render stage judges them against the scene (test_render.py)."""
+    from clipneg.generators.rules.world_lexicon import write_world_lexicons
+
+    from clipneg.world import World, parse_caption, scene_satisfies, world_config
+
+    cfg = world_config("default")
+    gen = RuleGenerator(RuleConfig(kinds=SUGARCREPE_KINDS, k=2), nlp=nlp,
+                        lexicon=load_lexicon(write_world_lexicons(cfg, tmp_path)))
+    world = World(cfg)
+    examples = [world.example("train", i, negatives=False) for i in range(120)]
+    made, true, covered = Counter(), Counter(), Counter()
+    for ex, negs in zip(examples, gen.generate([e.caption.text for e in examples]), strict=True):
+        covered.update({n.kind for n in negs})
+        for n in negs:
+            made[n.kind] += 1
+            true[n.kind] += scene_satisfies(ex.scene, parse_caption(n.text), strict=False)  # raises if unparsed
+    for kind in ("replace_obj", "replace_att", "replace_rel", "add_obj"):
+        assert true[kind] == 0 and covered[kind] >= 80, (kind, made[kind], true[kind], covered[kind])
+    for kind in ("swap_obj", "swap_att"):
+        assert true[kind] <= 0.05 * made[kind] and covered[kind] >= 60, (kind, made[kind], true[kind])
+    assert 0 < true["add_att"] < made["add_att"]

@@ -505,10 +505,17 @@ def replace_obj(p: Parsed) -> list[Choice]:
 
 def replace_att(p: Parsed) -> list[Choice]:
     out = []
+    att = p.lex.attributes
     for s in p.attributes:
-        for cand in p.lex.attributes.candidates(s.entry, s.groups):
+        after_det = s.start > 0 and p.toks[s.start - 1].dep_ in ("det", "poss")
+        for cand in att.candidates(s.entry, s.groups):
             if cand in p.present or _contains(cand, s.entry) or _contains(s.entry, cand):
                 continue  # "black" -> "black and white" adds a colour rather than replacing one
+            parts = cand.split()
+            if len(parts) > 1 and any(w in p.present and w in att for w in parts):
+                continue  # "black and brown" -> "light brown and brown" names the other colour twice
+            if after_det and parts[0] in ARTICLES:
+                continue  # "the seven sheep" -> "the a couple of sheep"
             out.append((_replace, s, cand))
     if p.wordnet is not None:
         for s in _plain_adjectives(p):
@@ -582,6 +589,13 @@ def add_obj(p: Parsed) -> list[Choice]:
     slots += [Slot(t.i, t.i + 1, lemma(t.lower_, "NOUN"), frozenset(), head=t.i, plural=t.tag_ == "NNS", pos="NOUN")
               for t in p.toks if t.tag_ in NOUN_TAGS and t.dep_ != "compound" and lemma(t.lower_, "NOUN") in add_with
               and t.i not in p.object_at]  # "people", "person": listed only as hypernyms
+    if lex.objects.extra.get("add_position") == "end" and slots:
+        # a domain whose captions name extra objects last ("... and a green star": the built-in world's grammar)
+        last = max(s.end for s in slots)
+        if all(t.is_punct for t in p.toks[last:]):
+            slots = [s for s in slots if s.end == last]
+        else:
+            slots = []
     for s in slots:
         head = p.toks[s.head]
         # "a cat and a dog is" would break the agreement: a singular subject takes "with" ("a cat with a dog is")

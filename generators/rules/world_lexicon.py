@@ -60,7 +60,8 @@ def world_lexicons(cfg: WorldConfig | None = None) -> tuple[dict[str, Any], dict
         "name": "clipneg-world", "version": VERSION,
         "about": "The built-in world's vocabulary (clipneg.world.vocab) for the world config "
                  f"rel_families={list(cfg.rel_families)}: shapes, colours, sizes, relation phrases and converses.",
-        "objects": {"groups": {"world_shapes": {"add": True, "members": list(cfg.shapes)}}},
+        # the world's captions name extra objects after the facts: an object is added at the end
+        "objects": {"groups": {"world_shapes": {"add": True, "members": list(cfg.shapes)}}, "add_position": "end"},
         "attributes": {"groups": {
             "colour": {"add": True, "applies_to": ["world_shapes"], "members": list(cfg.colours)},
             "size": {"add": True, "applies_to": ["world_shapes"], "members": list(SIZES)}}},
