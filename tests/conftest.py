@@ -47,3 +47,15 @@ def hot_start(tmp_path_factory):
     from tests.two_ranks import make_hot_start
 
     return make_hot_start(tmp_path_factory.mktemp("hot_start"))
+
+
+@pytest.fixture(scope="session")
+def nlp():
+    """spaCy's English parser, once per session (the rule engine's tests); skipped where no model is installed."""
+    pytest.importorskip("spacy")
+    from clipneg.text.nlp import PARSER_PIPES, load_spacy
+
+    try:
+        return load_spacy(pipes=PARSER_PIPES)
+    except RuntimeError:
+        pytest.skip("no spaCy English model installed")

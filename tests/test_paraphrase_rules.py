@@ -16,21 +16,12 @@ from clipneg.generators.rules.grammar import bag_of_words  # noqa: E402
 from clipneg.generators.rules.world_lexicon import world_lexicons, write_world_lexicons  # noqa: E402
 
 from clipneg.schema import Paraphrase, Sample  # noqa: E402
-from clipneg.text.nlp import PARSER_PIPES, load_spacy  # noqa: E402
 from clipneg.world import World, world_config  # noqa: E402
 from clipneg.world.vocab import REL_WORDS  # noqa: E402
 
 SPATIAL = {"name": "spatial", "version": "1",
            "relations": {"converse": {"on the left of": "on the right of", "to the left of": "to the right of",
                                       "above": "below", "in front of": "behind"}}}
-
-
-@pytest.fixture(scope="session")
-def nlp():
-    try:
-        return load_spacy(pipes=PARSER_PIPES)
-    except RuntimeError:
-        pytest.skip("no spaCy English model installed")
 
 
 @pytest.fixture(scope="session")

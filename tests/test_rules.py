@@ -34,7 +34,6 @@ from clipneg.generators.rules.grammar import (  # noqa: E402
 )
 
 from clipneg.schema import KIND_ID, KIND_LIST, Sample  # noqa: E402
-from clipneg.text.nlp import PARSER_PIPES, load_spacy  # noqa: E402
 
 # A tiny lexicon whose candidates are known, so every expected output is exact.
 TINY = {
@@ -73,14 +72,6 @@ CAPTIONS = [
     "A boy holding a kite and watching a dog.", "A young boy with a red kite on a grassy hill.",
     "A red car parked next to a blue truck.", "A white dog and a black cat on a small bed.",
 ]
-
-
-@pytest.fixture(scope="session")
-def nlp():
-    try:
-        return load_spacy(pipes=PARSER_PIPES)
-    except RuntimeError:
-        pytest.skip("no spaCy English model installed")
 
 
 @pytest.fixture(scope="session")

@@ -25,7 +25,7 @@ from clipneg.schema import Sample
 from clipneg.shards import Quarantined
 
 from ..base import StageStats, config_hash
-from ..filters.keep import IMAGES_DROPPED, drop_negatives
+from ..filters.keep import keep_and_count
 from ..filters.text import normalize, same_bag, words
 from .refine import RefineConfig, balance_by_kind
 from .scorers import CUES, SCORERS, blind_accuracy, cross_val_gaps
@@ -196,12 +196,7 @@ class BiasRefiner:
                 else:
                     self.stats.reject(t.kind, self.name, R_BIAS)
                 keep.append(ok)
-            had = bool(s.neg_texts)
-            dropped = drop_negatives(s, keep)
-            if dropped:
-                self.stats.extra[IMAGES_DROPPED] += dropped
-            if had and not s.neg_texts:
-                self.stats.samples_without += 1
+            keep_and_count(s, keep, self.stats)
             out.append(s)
         if unseen:
             self.stats.extra["unseen negatives kept"] += sum(unseen.values())

@@ -4,7 +4,7 @@ and count each removal by (kind, filter, reason)."""
 
 from __future__ import annotations
 
-from .keep import IMAGES_DROPPED, drop_negatives
+from .keep import IMAGES_DROPPED, drop_negatives, keep_and_count
 from .paraphrase import (
     BUNDLED_MINILM,
     Calibration,
@@ -30,4 +30,4 @@ from .text import (
 __all__ = ["BUNDLED_MINILM", "IMAGES_DROPPED", "Calibration", "CaptionFilter", "CaptionFilterConfig",
            "ParaphraseFilter", "ParaphraseFilterConfig", "SentenceTransformerEmbedder", "calibrate",
            "calibrate_pairs", "check_negative", "drop_negatives", "is_single_insertion", "is_single_replacement",
-           "load_embedder", "normalize", "pair_similarity", "same_bag", "words"]
+           "keep_and_count", "load_embedder", "normalize", "pair_similarity", "same_bag", "words"]

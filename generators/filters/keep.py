@@ -12,6 +12,8 @@ from dataclasses import replace
 
 from clipneg.schema import Sample
 
+from ..base import StageStats
+
 # stats.extra key for images removed because the caption they depict was removed
 IMAGES_DROPPED = "neg_images dropped with their caption"
 
@@ -37,3 +39,13 @@ def drop_negatives(sample: Sample, keep: Sequence[bool]) -> int:
     sample.neg_texts = texts
     sample.neg_images = images
     return dropped
+
+
+def keep_and_count(sample: Sample, keep: Sequence[bool], stats: StageStats) -> None:
+    """:func:`drop_negatives`, counting the images dropped and a sample left without any negative caption."""
+    had = bool(sample.neg_texts)
+    dropped = drop_negatives(sample, keep)
+    if dropped:
+        stats.extra[IMAGES_DROPPED] += dropped
+    if had and not sample.neg_texts:
+        stats.samples_without += 1

@@ -32,7 +32,7 @@ from clipneg.schema import Sample
 from clipneg.shards import Quarantined
 
 from ..base import StageStats, config_hash
-from .keep import IMAGES_DROPPED, drop_negatives
+from .keep import keep_and_count
 
 log = logging.getLogger(__name__)
 
@@ -245,12 +245,7 @@ class ParaphraseFilter:
                     self.stats.reject(t.kind, self.name, R_PARAPHRASE)
                 keep.append(ok)
                 texts.append(t)
-            had = bool(s.neg_texts)
             s.neg_texts = texts
-            dropped = drop_negatives(s, keep)
-            if dropped:
-                self.stats.extra[IMAGES_DROPPED] += dropped
-            if had and not s.neg_texts:
-                self.stats.samples_without += 1
+            keep_and_count(s, keep, self.stats)
             out.append(s)
         return out

@@ -40,7 +40,7 @@ from clipneg.shards import Quarantined
 
 from ..base import StageStats, config_hash
 from ..llm.checks import TOKEN_COUNTERS
-from .keep import IMAGES_DROPPED, drop_negatives
+from .keep import keep_and_count
 
 VERSION = "1.0.0"
 FILTER = "caption_filter"
@@ -188,11 +188,6 @@ class CaptionFilter:
                 else:
                     self.stats.reject(t.kind, self.name, reason)
                 keep.append(reason is None)
-            had = bool(s.neg_texts)
-            dropped = drop_negatives(s, keep)
-            if dropped:
-                self.stats.extra[IMAGES_DROPPED] += dropped
-            if had and not s.neg_texts:
-                self.stats.samples_without += 1
+            keep_and_count(s, keep, self.stats)
             out.append(s)
         return out

@@ -16,7 +16,7 @@ class ParaphraseLoss(nn.Module):
     only word order passes it. Why it is needed: the cross-modal terms pass order from one tower to the other only,
     and both start without it (a saddle); on the built-in world converse relations stayed at chance under every recipe
     until the text tower was given order this way. Contrasting P with the caption's own negatives instead (of which
-    only some are converses) did not start it (docs/BENCHMARKS.md, session 6).
+    only some are converses) did not start it (docs/BENCHMARKS.md, the world-gain section).
 
     | argument          | shape      | meaning                                                        |
     |-------------------|------------|----------------------------------------------------------------|
