@@ -609,12 +609,25 @@ def add_obj(p: Parsed) -> list[Choice]:
             if rule and not own:
                 choices.append((rule["groups"], "with" if rule.get("joiner") == "with" else joiner))
         for groups, join in choices:
-            cands = set()
-            for g in groups:
-                cands.update(m for m in lex.objects.groups.get(g, {}).get("members", ())
-                             if m not in p.present and not lex.objects.related(m, s.entry))
-            out.extend((_add_object, s, cand, join) for cand in sorted(cands))
+            out.extend((_add_object, s, cand, join) for cand in _addable_objects(lex, s.entry, tuple(groups))
+                       if cand not in p.present)
     return out
+
+
+_ADDABLE_OBJECTS: dict = {}
+
+
+def _addable_objects(lex: Lexicon, entry: str, groups: tuple[str, ...]) -> list[str]:
+    """Sorted members of ``groups`` unrelated to ``entry``: the same for every caption naming ``entry``, so computed
+    once (the relatedness checks were most of add_obj's time)."""
+    key = (id(lex), entry, groups)
+    hit = _ADDABLE_OBJECTS.get(key)
+    if hit is None:
+        members = {m for g in groups for m in lex.objects.groups.get(g, {}).get("members", ())}
+        hit = _ADDABLE_OBJECTS[key] = sorted(m for m in members if not lex.objects.related(m, entry))
+        if len(_ADDABLE_OBJECTS) > 100_000:
+            _ADDABLE_OBJECTS.clear()
+    return hit
 
 
 def _add_object(p: Parsed, slot: Slot, cand: str, joiner: str = "and") -> Option:
