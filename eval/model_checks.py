@@ -79,7 +79,7 @@ def find_manifests(name: str, pretrained: str | None, identity: dict[str, Any] |
                     docs.append((str(p), json.loads(p.read_text(encoding="utf-8"))))
                 except (OSError, json.JSONDecodeError):
                     continue
-    for _, doc in list(docs):  # shard folders a run manifest names: read their manifest.json too
+    for _, doc in docs:  # shard folders a document names, and theirs (shard -> generate -> train): their manifests
         for s in _strings(doc):
             p = Path(s)
             if len(s) < 512 and "/" in s and not p.suffix:

@@ -546,3 +546,11 @@ def _dump(tmp_path, plain):
     path = tmp_path / "resolved.yaml"
     path.write_text(yaml.safe_dump(plain))
     return path
+
+
+def test_train_help_prints_usage_and_exits_zero(capsys):
+    from clipneg.train.config import parse_args
+
+    with pytest.raises(SystemExit) as stop:
+        parse_args(["--help"])
+    assert stop.value.code == 0 and capsys.readouterr().out.startswith("usage: train.py --config FILE")

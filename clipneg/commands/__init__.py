@@ -29,7 +29,7 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
      "clipneg eval sugarcrepe --sugarcrepe-dir data/sugarcrepe --coco-dir data/val2017 "
      "--model ViT-B-32-quickgelu --pretrained openai --out results/"),
     ("report", "tables (markdown, csv) and bar charts from result JSONs",
-     "clipneg report results/ --out report/ --baseline ViT-B-32-quickgelu"),
+     "clipneg report results/ --out report/ --baseline ViT-B-32-quickgelu__openai"),
     ("data", "download benchmark data from the official URLs with pinned hashes (needs internet)",
      "clipneg data download sugarcrepe --out data/"),
     ("demo", "the whole loop on the built-in world on a CPU: world -> shards -> train -> eval -> report",

@@ -511,6 +511,13 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+USAGE = """usage: train.py --config FILE [--config FILE ...] [--resume [PATH]] [--section.key value ...]
+
+Later --config files and then flags override earlier ones; a flag is a dotted key of a config section (data, model,
+loss, optim, run, eval), e.g. --optim.lr 1e-6 --data.batch_size 32 --run.mixed_precision bf16. Unknown keys are
+errors that name the known ones. Every key and its default: clipneg/train/config.py; recipes: docs/RECIPES.md."""
+
+
 def parse_args(argv: Sequence[str]) -> tuple[TrainConfig, dict[str, Any]]:
     """Resolve the config from ``argv`` (``--config FILE`` any number of times, ``--resume [PATH]``, ``--a.b V``).
 
@@ -522,6 +529,9 @@ def parse_args(argv: Sequence[str]) -> tuple[TrainConfig, dict[str, Any]]:
     i = 0
     while i < len(args):
         tok = args[i]
+        if tok in ("-h", "--help"):
+            print(USAGE)
+            raise SystemExit(0)
         if not tok.startswith("--"):
             raise ConfigError(f"unexpected argument {tok!r}: options are --config FILE, --resume [PATH], --key value")
         name, eq, val = tok[2:].partition("=")
