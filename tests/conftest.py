@@ -59,3 +59,22 @@ def nlp():
         return load_spacy(pipes=PARSER_PIPES)
     except RuntimeError:
         pytest.skip("no spaCy English model installed")
+
+
+def read_shard_samples(folder) -> list:
+    """Every sample of the clipneg shards in ``folder``, read with Python's tarfile rather than clipneg's reader, so
+    tests see what is on disk independently of the code under test."""
+    import tarfile
+    from pathlib import Path
+
+    from clipneg.schema import members_to_sample
+
+    samples = []
+    for tar_path in sorted(Path(folder).glob("*.tar")):
+        with tarfile.open(tar_path) as tar:
+            groups: dict = {}
+            for info in tar:
+                key, _, ext = info.name.partition(".")
+                groups.setdefault(key, {"__key__": key})[ext] = tar.extractfile(info).read()
+        samples += [members_to_sample(g) for g in groups.values()]
+    return samples

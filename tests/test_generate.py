@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from clipneg.commands import generate as command
-from clipneg.schema import members_to_sample
+from tests.conftest import read_shard_samples
 
 CAPTIONS = [
     "A man riding a red bike down the street.",
@@ -47,20 +47,6 @@ def _run(argv: list[str]) -> int:
     return command.run(parser.parse_args(argv))
 
 
-def _read(folder: Path) -> list:
-    import tarfile
-
-    samples = []
-    for tar_path in sorted(folder.glob("*.tar")):
-        with tarfile.open(tar_path) as tar:
-            groups: dict = {}
-            for info in tar:
-                key, _, ext = info.name.partition(".")
-                groups.setdefault(key, {"__key__": key})[ext] = tar.extractfile(info).read()
-        samples += [members_to_sample(g) for g in groups.values()]
-    return samples
-
-
 def _digests(folder: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.glob("*.tar"))}
 
@@ -79,7 +65,7 @@ def test_rules_on_a_table_with_provenance_and_a_summary(tmp_path: Path, capsys: 
     assert manifest["counts"] == {"inputs": 14, "written": 12, "quarantined": 2}
     assert set(manifest["quarantine_reasons"]) == {"duplicate pair", "undecodable caption"}
     # and every negative carries its provenance; the manifest records the generator's config
-    samples = _read(out)
+    samples = read_shard_samples(out)
     assert len(samples) == 12 and all(s.neg_texts for s in samples)
     assert {t.gen for s in samples for t in s.neg_texts} == {"rules"}
     assert all(t.text != s.caption for s in samples for t in s.neg_texts)
@@ -119,8 +105,8 @@ def test_chaining_keeps_what_the_shards_carry(tmp_path: Path) -> None:
     first, second = tmp_path / "first", tmp_path / "second"
     assert _run([str(table), "--out", str(first), "--kinds", "replace_obj", "--no-progress"]) == 0
     assert _run([str(first), "--out", str(second), "--kinds", "add_obj", "--no-progress"]) == 0
-    before = {s.key: s for s in _read(first)}
-    after = _read(second)
+    before = {s.key: s for s in read_shard_samples(first)}
+    after = read_shard_samples(second)
     assert len(after) == len(before) == 8
     for s in after:
         kinds = [t.kind for t in s.neg_texts]
@@ -139,7 +125,7 @@ def test_world_rules_and_rendered_counterfactuals(tmp_path: Path) -> None:
     out = tmp_path / "gen"
     assert _run([str(tmp_path / "w" / "shards"), "--out", str(out), "--text", "rules", "--image", "render",
                  "--k-image", "2", "--no-progress"]) == 0
-    samples = _read(out)
+    samples = read_shard_samples(out)
     assert len(samples) == 24 and sum(len(s.neg_images) for s in samples) >= 24
     for s in samples:
         for im in s.neg_images:
@@ -239,7 +225,7 @@ def test_refine_bias_keeps_the_fitted_subset(tmp_path: Path) -> None:
     fit = next(g for g in m["info"]["generators"] if g["name"] == "bias_refiner")["fit"]
     # Then the second pass removes exactly the negatives outside the fitted subset, each counted with its reason
     assert fit["n"] == sum(refiner["produced"].values()) == sum(m["stage_stats"]["caption_filter"]["kept"].values())
-    assert sum(refiner["kept"].values()) == fit["kept"] == sum(len(s.neg_texts) for s in _read(out))
+    assert sum(refiner["kept"].values()) == fit["kept"] == sum(len(s.neg_texts) for s in read_shard_samples(out))
     assert 0 < fit["kept"] < fit["n"]
     assert {r for kind in refiner["rejected"].values() for r in kind} == {"bias_refiner: blind-scorer bias"}
     assert m["counts"]["written"] + m["counts"]["quarantined"] == 120
@@ -255,7 +241,7 @@ def test_paraphrase_filter_from_the_command(tmp_path: Path) -> None:
     table = _table(tmp_path, 16)
     plain, out = tmp_path / "plain", tmp_path / "out"
     assert _run([str(table), "--out", str(plain), "--kinds", "replace_obj", "--k-text", "2", "--no-progress"]) == 0
-    pairs = [(s.caption, t.text) for s in _read(plain) for t in s.neg_texts]
+    pairs = [(s.caption, t.text) for s in read_shard_samples(plain) for t in s.neg_texts]
     sims = sorted(pair_similarity(pairs, load_embedder()).tolist())
     threshold = round(sims[len(sims) // 2], 4)
     # When the same run has the paraphrase filter check replace_obj
@@ -265,7 +251,7 @@ def test_paraphrase_filter_from_the_command(tmp_path: Path) -> None:
     stats = m["stage_stats"]["paraphrase_filter"]
     rejected = stats["rejected"].get("replace_obj", {}).get("paraphrase_filter: paraphrase", 0)
     # Then exactly the negatives above the threshold are gone, each counted
-    kept = [(s.caption, t.text) for s in _read(out) for t in s.neg_texts]
+    kept = [(s.caption, t.text) for s in read_shard_samples(out) for t in s.neg_texts]
     assert rejected == sum(x > threshold + 1e-6 for x in sims) > 0
     assert len(kept) + rejected == len(pairs) == stats["produced"]["replace_obj"]
     assert max(pair_similarity(kept, load_embedder())) <= threshold + 1e-6

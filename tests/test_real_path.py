@@ -20,11 +20,12 @@ import re
 import shlex
 import subprocess
 import sys
-import tarfile
 from pathlib import Path
 
 import pytest
 from PIL import Image, ImageDraw
+
+from tests.conftest import read_shard_samples
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "docs" / "RECIPES.md"
@@ -352,20 +353,6 @@ def _run_here(argv: list[str], work: Path) -> None:
         assert main(argv[1:]) == 0, shlex.join(argv)
 
 
-def _read_shards(folder: Path) -> list:
-    from clipneg.schema import members_to_sample
-
-    samples = []
-    for tar_path in sorted(folder.glob("*.tar")):
-        with tarfile.open(tar_path) as tar:
-            groups: dict = {}
-            for info in tar:
-                key, _, ext = info.name.partition(".")
-                groups.setdefault(key, {"__key__": key})[ext] = tar.extractfile(info).read()
-        samples += [members_to_sample(g) for g in groups.values()]
-    return samples
-
-
 @pytest.fixture(scope="module")
 def work(tmp_path_factory) -> dict:
     work = tmp_path_factory.mktemp("real_path")
@@ -445,7 +432,7 @@ def test_shard_drops_the_benchmark_images_and_reconciles(work, sharded) -> None:
         assert len(quarantine) == 2 and sum(m["quarantine_reasons"].values()) == 2
         assert [q["key"] for q in quarantine] == ["000000999001_9001", "000000999002_9002"], quarantine
         assert quarantine[0]["reason"].startswith("corrupt image") and "not in images[]" in quarantine[1]["reason"]
-        samples = _read_shards(sharded[form])
+        samples = read_shard_samples(sharded[form])
         assert len(samples) == m["counts"]["written"]
         kept_ids = {s.meta["coco_image_id"] for s in samples}
         assert not kept_ids & set(dropped_ids), form
@@ -453,7 +440,7 @@ def test_shard_drops_the_benchmark_images_and_reconciles(work, sharded) -> None:
         sizes = json.loads((sharded[form] / "sizes.json").read_text())
         assert sum(sizes.values()) == len(samples)
     # the default keeps val2017 images SugarCrepe does not use; --exclude-ids drops them too
-    assert VAL2017_ID in {s.meta["coco_image_id"] for s in _read_shards(sharded["readme"])}
+    assert VAL2017_ID in {s.meta["coco_image_id"] for s in read_shard_samples(sharded["readme"])}
 
 
 @pytest.mark.slow
@@ -462,7 +449,7 @@ def test_generate_adds_rule_and_mined_negatives_with_provenance(work, sharded, g
     kinds = set(argv[argv.index("--kinds") + 1: argv.index("--k-text")])
     m, src = _manifest(generated), _manifest(sharded["recipe"])
     assert m["counts"] == {"inputs": src["counts"]["written"], "written": src["counts"]["written"], "quarantined": 0}
-    samples = _read_shards(generated)
+    samples = read_shard_samples(generated)
     assert len(samples) == m["counts"]["written"]
     rules = [t for s in samples for t in s.neg_texts if t.gen == "rules"]
     made = {t.kind for t in rules}
