@@ -6,7 +6,8 @@
 
 Per kind, for each blind scorer (clipneg.generators.bias: word/char n-gram typicality, length, a pairwise classifier
 with and without length): blind accuracy on held-out folds; for our negatives also after adversarial refinement
-(balanced on lm_word + pairwise_nolen), judged by the scorers it did not balance on and by the classifiers refitted on
+(balanced on lm_word + pairwise_nolen, and on pairwise too for the kinds that are not longer than their positive by
+construction: all but the add kinds), judged by the scorers it did not balance on and by the classifiers refitted on
 the kept pairs. SugarCrepe's negatives are already refined (against Vera and a grammar model), so they are judged as
 published. Goal: ours after refinement no easier than SugarCrepe's + 5 points, per kind and judge.
 

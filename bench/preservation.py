@@ -197,6 +197,10 @@ def main(argv: list[str] | None = None) -> dict:
                        for k in kinds},
                     **{k: mean([e["comp"].get(k, float("nan")) for e in entries]) for k in r1_keys},
                     **{f"cls/{k}": mean([e["cls"][k] for e in entries]) for k in ("shape", "colour", "pair")}}
+        # the spread over seeds of the headline number: one seed's gain is one sample
+        micro = [e["comp"][f"{world_gain.SPLITS[1]}/micro"] - pre["comp"][f"{world_gain.SPLITS[1]}/micro"]
+                 for e in entries]
+        table[r]["seed_range"] = f"{min(micro):+.1f}..{max(micro):+.1f}"
     report = {"seeds": args.seeds, "recipe": args.recipe, "args": {k: str(v) for k, v in vars(args).items()},
               "timing_s": timing, "pretrained": pre, "table": table}
     (out / "summary.json").write_text(json.dumps(report, indent=1))
@@ -206,14 +210,14 @@ def main(argv: list[str] | None = None) -> dict:
     cols = [c for c in next(iter(table.values()))
             if (c.startswith(f"gain/{held}/") and not c.endswith(("/add", "/replace", "/swap")))
             or c in (f"gain/{world_gain.SPLITS[0]}/micro", f"{world_gain.SPLITS[0]}/r1", f"{held}/r1")
-            or c.startswith("cls/")]
+            or c.startswith("cls/") or c == "seed_range"]
     lines = [f"Preservation on the world ({args.recipe}, seeds {args.seeds}; gain = points over the pretrained "
              f"model on {held} unless named; cls = zero-shot classification from prompts, %)", "",
              "| row | " + " | ".join(c.replace(f"gain/{held}/", "").replace("sugarcrepe", "sc") for c in cols) + " |",
              "|---" * (len(cols) + 1) + "|"]
     for r, vals in table.items():
-        lines.append(f"| {r} | " + " | ".join(f"{vals[c]:+.1f}" if c.startswith("gain/") else f"{vals[c]:.1f}"
-                                              for c in cols) + " |")
+        lines.append(f"| {r} | " + " | ".join(vals[c] if c == "seed_range" else f"{vals[c]:+.1f}"
+                                              if c.startswith("gain/") else f"{vals[c]:.1f}" for c in cols) + " |")
     lines += ["", f"timing (s): {json.dumps({k: round(v) for k, v in timing.items()})}"]
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

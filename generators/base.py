@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -90,3 +90,27 @@ def stable_seed(*parts: Any) -> int:
     rank, unlike Python's salted ``hash``."""
     digest = hashlib.sha256("\x1f".join(map(str, parts)).encode()).digest()
     return int.from_bytes(digest[:8], "big") >> 1
+
+
+_MASK64 = (1 << 64) - 1
+_GOLDEN64 = 0x9E3779B97F4A7C15
+
+
+def mix64(x: int) -> int:
+    """SplitMix64's finaliser (Steele, Lea and Flood, OOPSLA 2014): a 64-bit word from another, well mixed."""
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+def seeded_order(seed: int, n: int) -> Iterator[int]:
+    """The indices of range(n) in a random order fixed by ``seed``, made one at a time: a lazy Fisher-Yates shuffle
+    over a SplitMix64 stream. A generator that keeps the first few choices that pass its checks pays for those only,
+    where reseeding a Mersenne Twister and sampling cost more than the edits themselves."""
+    moved: dict[int, int] = {}  # position -> index that the partial shuffle has put there
+    state = seed & _MASK64
+    for i in range(n):
+        state = (state + _GOLDEN64) & _MASK64
+        j = i + ((mix64(state) * (n - i)) >> 64)  # uniform in [i, n) (multiply-shift, bias < n / 2**64)
+        yield moved.get(j, j)
+        moved[j] = moved.get(i, i)

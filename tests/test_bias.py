@@ -136,6 +136,36 @@ def test_balance_by_kind_balances_within_each_kind() -> None:
     assert sorted(kinds[i] for i in keep) == ["a", "a", "b", "b"]
 
 
+def test_balance_by_kind_balances_each_kind_on_its_own_columns() -> None:
+    # column 0 is balanced already in both kinds; column 1 leans positive. Kind "a" is balanced on column 0 only
+    # and keeps everything; kind "b" also on column 1 and keeps one pair per sign of it.
+    gaps = np.array([[1, 1], [-1, 1], [1, 1], [-1, -1]] * 2, dtype=float)
+    kinds = ["a"] * 4 + ["b"] * 4
+    keep = balance_by_kind(gaps, kinds, RefineConfig(bins=1), columns={"a": [0], "b": [0, 1]})
+    assert [i for i in keep if kinds[i] == "a"] == [0, 1, 2, 3]
+    kept_b = [i for i in keep if kinds[i] == "b"]
+    assert len(kept_b) == 2 and sorted(gaps[kept_b, 1].tolist()) == [-1.0, 1.0] and 7 in kept_b
+
+
+def test_kinds_not_longer_by_construction_are_balanced_on_the_classifier_with_length() -> None:
+    cfg = BiasConfig()
+    assert cfg.balanced_on("add_obj") == ("lm_word", "pairwise_nolen")
+    assert cfg.balanced_on("replace_att") == ("lm_word", "pairwise_nolen", "pairwise")
+    # negatives longer 85% of the time: a replace kind is balanced on the classifier with length as well, which
+    # is then no judge of it (50% by construction), while it stays a judge of the add kind
+    pairs = longer_pairs(240, share_longer=0.85, seed=5)
+    kinds = ["add_obj"] * 120 + ["replace_att"] * 120
+    cfg = BiasConfig(scorers=("lm_word", "length", "pairwise"), balance_on=("length",), refit=("pairwise",),
+                     folds=3, refine=RefineConfig(bins=1))
+    rep = blind_report(pairs, kinds, cfg)
+    add, rep_att = rep["kinds"]["add_obj"], rep["kinds"]["replace_att"]
+    assert rep_att["balanced_on"] == ["length", "pairwise"] and add["balanced_on"] == ["length"]
+    assert rep_att["kept"] >= 10 and add["kept"] >= 10
+    assert rep_att["after"]["pairwise"] <= 0.5 + 1e-9 and "pairwise" not in rep_att["judges_after"]
+    assert "pairwise" in add["judges_after"]  # not balanced on for the add kind: a judge of it
+    assert "pairwise* (not add_obj, add_att)" in format_table(rep)
+
+
 def test_blind_report_before_after_and_judges() -> None:
     pairs = longer_pairs(240, share_longer=0.85, seed=2)
     kinds = ["add_obj"] * 120 + ["swap_att"] * 120

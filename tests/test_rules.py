@@ -138,6 +138,9 @@ def test_replace_rel_keeps_verb_form(nlp, tiny_lex):
 
 def test_swaps_exact(nlp, tiny_lex):
     assert outs(tiny(nlp, tiny_lex, "swap_obj"), "A dog next to an elephant.") == {"An elephant next to a dog."}
+    # conjuncts swapped say the same thing unless each has its own modifier
+    assert outs(tiny(nlp, tiny_lex, "swap_obj"), "A dog and an elephant.") == set()
+    assert outs(tiny(nlp, tiny_lex, "swap_obj"), "A red dog and a blue elephant.") == {"A red elephant and a blue dog."}
     assert outs(tiny(nlp, tiny_lex, "swap_att"), "A red car and a light blue bike.") == {
         "A light blue car and a red bike."}
     assert outs(tiny(nlp, tiny_lex, "swap_chunks"), "A man and a dog.") == {"A dog and a man."}
@@ -339,6 +342,24 @@ def test_deterministic_for_caption_kind_seed(nlp, builtin_lex):
     assert a != run(1, caps)
     # a caption's negatives do not depend on the other captions of its chunk
     assert run(0, caps[3:5]) == a[3:5]
+
+
+def test_seeded_order_is_a_uniform_deterministic_permutation():
+    from clipneg.generators.base import seeded_order
+
+    for n in (0, 1, 2, 7, 300):
+        order = list(seeded_order(12345, n))
+        assert sorted(order) == list(range(n))
+        assert order == list(seeded_order(12345, n))
+    assert list(seeded_order(1, 50)) != list(seeded_order(2, 50))
+    # every index equally likely first and second: 6,000 seeds over 6 choices, 1,000 expected each (sd ~29)
+    first, second = Counter(), Counter()
+    for seed in range(6000):
+        it = seeded_order(seed * 0x9E3779B1, 6)
+        first[next(it)] += 1
+        second[next(it)] += 1
+    assert set(first) == set(second) == set(range(6))
+    assert all(880 < first[i] < 1120 and 880 < second[i] < 1120 for i in range(6)), (first, second)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

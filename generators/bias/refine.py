@@ -17,7 +17,7 @@ be judged by a scorer it did not balance on: another scorer, or the same model r
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -84,12 +84,17 @@ def balance(gaps: np.ndarray, config: RefineConfig | None = None) -> np.ndarray:
     return np.asarray(sorted(keep), dtype=np.int64)
 
 
-def balance_by_kind(gaps: np.ndarray, kinds: Sequence[str], config: RefineConfig | None = None) -> np.ndarray:
-    """:func:`balance` within each kind (as SugarCrepe refined each subset on its own); sorted kept indices."""
+def balance_by_kind(gaps: np.ndarray, kinds: Sequence[str], config: RefineConfig | None = None,
+                    columns: Mapping[str, Sequence[int]] | None = None) -> np.ndarray:
+    """:func:`balance` within each kind (as SugarCrepe refined each subset on its own); sorted kept indices.
+    ``columns``: per kind, the columns of ``gaps`` (scorers) to balance it on (default: all)."""
     gaps = np.asarray(gaps, dtype=np.float64)
+    if gaps.ndim == 1:
+        gaps = gaps[:, None]
     kinds = np.asarray(list(kinds))
     keep = []
     for kind in sorted(set(kinds.tolist())):
         idx = np.flatnonzero(kinds == kind)
-        keep.append(idx[balance(gaps[idx], config)])
+        cols = list(columns[kind]) if columns is not None and kind in columns else list(range(gaps.shape[1]))
+        keep.append(idx[balance(gaps[np.ix_(idx, cols)], config)])
     return np.sort(np.concatenate(keep)) if keep else np.zeros(0, dtype=np.int64)

@@ -5,7 +5,8 @@
     print(format_table(rep))
 
 Per kind: blind accuracy of every scorer on held-out folds before refinement; the refinement
-(:func:`~.refine.balance_by_kind` on the ``balance_on`` scorers' gaps); blind accuracy after it of every scorer
+(:func:`~.refine.balance_by_kind` on the ``balance_on`` scorers' gaps, and for every kind that is not longer than
+its positive by construction on the ``balance_on_with_length`` ones too); blind accuracy after it of every scorer
 (the balanced ones are ~50% by construction and marked), and of the ``refit`` scorers fitted again by
 cross-validation on the kept pairs only (a new blind model trained on the refined data: the honest judge); the share
 kept; the length gap (mean words of negative minus positive) and the share of negatives with the positive's bag of
@@ -37,9 +38,10 @@ R_BIAS = "blind-scorer bias"
 
 @dataclass(frozen=True)
 class BiasConfig:
-    """scorers: the blind scorers reported; balance_on: those the refinement balances (length is left out by
-    default: an add negative is longer by construction, so balancing on length would drop nearly every add pair);
-    refit: scorers fitted again on the kept pairs to judge the refinement; folds/seed: the cross-validation."""
+    """scorers: the blind scorers reported; balance_on: those the refinement balances every kind on (no length
+    cue: an add negative is longer by construction, so balancing on length would drop nearly every add pair);
+    balance_on_with_length: those it also balances every other kind on; refit: scorers fitted again on the kept
+    pairs to judge the refinement; folds/seed: the cross-validation."""
 
     scorers: tuple[str, ...] = ("lm_word", "lm_char", "length", "pairwise", "pairwise_nolen")
     balance_on: tuple[str, ...] = ("lm_word", "pairwise_nolen")
@@ -47,9 +49,21 @@ class BiasConfig:
     folds: int = 5
     seed: int = 0
     refine: RefineConfig = field(default_factory=RefineConfig)
+    # every kind but ``longer_by_construction`` is balanced on these too: a replacement phrase of another length
+    # ("light blue" for "red", "in front of" for "on") is a cue that n-gram scores plus length find even when each
+    # is balanced on its own, while an add negative is longer by construction, and balancing it on length would drop
+    # nearly every pair
+    balance_on_with_length: tuple[str, ...] = ("pairwise",)
+    longer_by_construction: tuple[str, ...] = ("add_obj", "add_att")
+
+    def balanced_on(self, kind: str) -> tuple[str, ...]:
+        """The scorers the refinement balances pairs of this kind on."""
+        if kind in self.longer_by_construction:
+            return self.balance_on
+        return tuple(dict.fromkeys([*self.balance_on, *self.balance_on_with_length]))
 
     def __post_init__(self) -> None:
-        for name in (*self.scorers, *self.balance_on, *self.refit):
+        for name in (*self.scorers, *self.balance_on, *self.balance_on_with_length, *self.refit):
             if name not in SCORERS:
                 raise ValueError(f"unknown blind scorer {name!r}; choose from {', '.join(SCORERS)}")
         missing = [b for b in self.balance_on if b not in self.scorers]
@@ -78,8 +92,12 @@ def blind_report(pairs: Sequence[tuple[str, str]], kinds: Sequence[str], config:
     pairs, kinds = list(pairs), list(kinds)
     if len(pairs) != len(kinds):
         raise ValueError(f"{len(pairs)} pairs but {len(kinds)} kinds")
-    gaps = gaps or score_gaps(pairs, kinds, cfg.scorers, folds=cfg.folds, seed=cfg.seed)
-    keep = balance_by_kind(np.stack([gaps[n] for n in cfg.balance_on], axis=1), kinds, cfg.refine)
+    balanced = {k: cfg.balanced_on(k) for k in set(kinds)}
+    names = list(dict.fromkeys([*cfg.scorers, *(n for ns in balanced.values() for n in ns)]))
+    gaps = gaps or score_gaps(pairs, kinds, names, folds=cfg.folds, seed=cfg.seed)
+    cols = list(dict.fromkeys(n for ns in balanced.values() for n in ns))
+    keep = balance_by_kind(np.stack([gaps[n] for n in cols], axis=1), kinds, cfg.refine,
+                           columns={k: [cols.index(n) for n in ns] for k, ns in balanced.items()})
     kept_pairs = [pairs[i] for i in keep]
     kept_kinds = [kinds[i] for i in keep]
     # a new blind model trained on the refined pairs, other folds: does a cue survive the refinement?
@@ -100,7 +118,8 @@ def blind_report(pairs: Sequence[tuple[str, str]], kinds: Sequence[str], config:
             "same_bag": {"before": _same_bag([pairs[i] for i in idx]), "after": _same_bag([pairs[i] for i in kidx])},
         }
         judges = {f"{n} (refit)": v for n, v in row["after_refit"].items()}
-        judges.update({n: v for n, v in row["after"].items() if n not in cfg.balance_on})
+        row["balanced_on"] = list(balanced[kind])
+        judges.update({n: v for n, v in row["after"].items() if n not in balanced[kind]})
         row["judges_after"] = judges
         row["hardest_judge_after"] = max(judges.items(), key=lambda kv: kv[1]) if judges else None
         per_kind[kind] = row
@@ -117,6 +136,9 @@ def format_table(report: dict[str, Any], title: str = "") -> str:
     cfg = report["config"]
     names, refit = cfg["scorers"], cfg["refit"]
     head = ["kind", "n", "kept %"] + [f"{n}{'*' if n in cfg['balance_on'] else ''}" for n in names]
+    for n in cfg["balance_on_with_length"]:
+        if n in names and n not in cfg["balance_on"]:
+            head[3 + names.index(n)] += f"* (not {', '.join(cfg['longer_by_construction'])})"
     head += [f"{n} refit" for n in refit] + ["len gap", "same bag %"]
     lines = ([f"### {title}"] if title else []) + ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for kind, r in report["kinds"].items():

@@ -27,10 +27,13 @@ text (a sentence-initial word stays capitalised, a moved one is lower-cased unle
 
 from __future__ import annotations
 
-import random
+from bisect import bisect_right
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import islice
 
-from .grammar import Edit, apply_edits, article_for, first_word, inflect_noun, inflect_verb, lemma, match_case
+from ..base import seeded_order, stable_seed
+from .grammar import apply_edits, article_for, first_word, inflect_noun, inflect_verb, lemma, match_case
 from .lexicon import Lexicon
 
 NOUN_TAGS = ("NN", "NNS")
@@ -73,6 +76,9 @@ class Parsed:
     doc: object
     lex: Lexicon
     toks: list = field(default_factory=list)  # the doc's tokens, once (slicing a Doc builds Spans)
+    lows: list[str] = field(default_factory=list)  # their lower-case texts, tags and POS, read from spaCy once
+    tags: list[str] = field(default_factory=list)
+    poss: list[str] = field(default_factory=list)
     nltk_tokens: list[str] | None = None  # NLTK tokens for ARO's trigram perturbations, made when first needed
     wordnet: object | None = None  # clipneg.generators.rules.wordnet.WordNet when installed and enabled
     wn_objects: list[Slot] = field(default_factory=list)  # nouns outside the lexicon, replaced through WordNet
@@ -83,6 +89,7 @@ class Parsed:
     relations: list[Slot] = field(default_factory=list)
     object_at: dict[int, Slot] = field(default_factory=dict)  # head token -> object slot
     present: set[str] = field(default_factory=set)  # words and lemmas of the caption
+    blocked: set[str] | None = None  # attributes add_att must not add (made when first needed)
     # (antecedent, repeat) character spans of a noun phrase named again with "the": "a white arrow ..., and the
     # white arrow is ..."; an edit inside the antecedent is made in the repeat too (see _corefs)
     corefs: list[tuple[tuple[int, int], tuple[int, int]]] = field(default_factory=list)
@@ -113,17 +120,22 @@ def _sizes(section, lows: list[str], i: int) -> range:
     return range(top, 0, -1)
 
 
-def _relation_spans(doc, lows: list[str], lex: Lexicon, taken: set[int]) -> list[Slot]:
+def _relation_spans(doc, lows: list[str], poss: list[str], lex: Lexicon) -> list[Slot]:
     rel = lex.relations
     out = []
     n = len(doc)
     i = 0
     while i < n:
+        low = lows[i]
+        if low not in rel.first_words:
+            found = _single_relation(doc, doc[i], lex) if poss[i] == "VERB" or low in rel else None
+            i = found.end if found else i + 1  # most tokens: no phrase starts here
+            if found:
+                out.append(found)
+            continue
         found = None
         for size in _sizes(rel, lows, i):
             toks = doc[i:i + size]
-            if any(t.i in taken for t in toks):
-                continue
             phrase = " ".join(lows[i:i + size])
             if size == 1:
                 found = _single_relation(doc, toks[0], lex)
@@ -162,6 +174,23 @@ def _pobj_ok(doc, tok, groups: set[str], lex: Lexicon) -> set[str]:
     return keep
 
 
+_BY_POS: dict = {}
+
+
+def _groups_by_pos(rel, word: str) -> dict[str, frozenset[str]]:
+    """The relation groups of a word by the part of speech they are listed for (ADP when unsaid)."""
+    key = (id(rel), word)
+    hit = _BY_POS.get(key)
+    if hit is None:
+        by_pos: dict[str, set[str]] = {}
+        for g in rel.groups_of(word):
+            by_pos.setdefault(rel.groups[g].get("pos", "ADP"), set()).add(g)
+        hit = _BY_POS[key] = {k: frozenset(v) for k, v in by_pos.items()}
+        if len(_BY_POS) > _CACHE_LIMIT:
+            _BY_POS.clear()
+    return hit
+
+
 def _single_relation(doc, tok, lex: Lexicon) -> Slot | None:
     rel = lex.relations
     i = tok.i
@@ -171,15 +200,13 @@ def _single_relation(doc, tok, lex: Lexicon) -> Slot | None:
         return None
     if pos == "VERB" and tok.tag_.startswith("VB"):
         lem = lemma(low, "VERB")
-        groups = {g for g in rel.groups_of(lem) if rel.groups[g].get("pos") == "VERB"}
+        groups = _groups_by_pos(rel, lem).get("VERB")
         if groups:
-            return Slot(i, i + 1, lem, frozenset(groups), pos="VERB")
+            return Slot(i, i + 1, lem, groups, pos="VERB")
         return None
     if low not in rel:
         return None
-    pos_groups: dict[str, set[str]] = {}
-    for g in rel.groups_of(low):
-        pos_groups.setdefault(rel.groups[g].get("pos", "ADP"), set()).add(g)
+    pos_groups = _groups_by_pos(rel, low)
     if "ADP" in pos_groups and (tok.tag_ == "IN" or (tok.tag_ == "RP" and low in ("up", "down"))):
         groups = _pobj_ok(doc, tok, pos_groups["ADP"], lex)
         if groups:
@@ -197,6 +224,9 @@ def _objects(doc, lows: list[str], tags: list[str], lex: Lexicon, taken: set[int
     n = len(doc)
     i = 0
     while i < n:
+        if tags[i] not in ("NN", "NNS", "NNP", "NNPS") and lows[i] not in obj.first_words:
+            i += 1  # a one-word object is a noun; longer ones start where a listed phrase does
+            continue
         found = None
         for size in _sizes(obj, lows, i):
             tag = tags[i + size - 1]
@@ -259,6 +289,9 @@ def _attributes(doc, lows: list[str], lex: Lexicon, taken: set[int], object_at: 
     n = len(doc)
     i = 0
     while i < n:
+        if lows[i] not in att and lows[i] not in att.first_words:
+            i += 1
+            continue
         found = None
         for size in _sizes(att, lows, i):
             phrase = " ".join(lows[i:i + size])
@@ -291,12 +324,10 @@ def _attributes(doc, lows: list[str], lex: Lexicon, taken: set[int], object_at: 
             if not ok:
                 continue
             head = _attr_head(last)
+            groups = frozenset(groups)
             if head is not None and head in object_at:  # keep only groups that apply to the described object
-                obj_groups = object_at[head].groups
-                fit = {g for g in groups if "*" in att.groups[g].get("applies_to", ["*"])
-                       or obj_groups & set(att.groups[g].get("applies_to", []))}
-                groups = fit or groups
-            found = Slot(i, i + size, phrase, frozenset(groups), head=head, pos=last.pos_)
+                groups = _applying(att, groups, object_at[head].groups)
+            found = Slot(i, i + size, phrase, groups, head=head, pos=last.pos_)
             break
         if found:
             out.append(found)
@@ -304,6 +335,22 @@ def _attributes(doc, lows: list[str], lex: Lexicon, taken: set[int], object_at: 
         else:
             i += 1
     return out
+
+
+_APPLYING: dict = {}
+
+
+def _applying(att, groups: frozenset[str], obj_groups: frozenset[str]) -> frozenset[str]:
+    """The attribute groups that apply to an object of ``obj_groups`` (all of them when none does)."""
+    key = (id(att), groups, obj_groups)
+    hit = _APPLYING.get(key)
+    if hit is None:
+        fit = frozenset(g for g in groups if "*" in att.groups[g].get("applies_to", ["*"])
+                        or obj_groups & set(att.groups[g].get("applies_to", [])))
+        hit = _APPLYING[key] = fit or groups
+        if len(_APPLYING) > _CACHE_LIMIT:
+            _APPLYING.clear()
+    return hit
 
 
 def _body(toks, slot: Slot) -> tuple[str, int]:
@@ -354,8 +401,9 @@ def parse(text: str, doc, lex: Lexicon, wordnet=None) -> Parsed:
     toks = list(doc)
     lows = [t.lower_ for t in toks]
     tags = [t.tag_ for t in toks]
-    p = Parsed(text, doc, lex, toks, wordnet=wordnet)
-    p.relations = _relation_spans(toks, lows, lex, set())
+    poss = [t.pos_ for t in toks]
+    p = Parsed(text, doc, lex, toks, lows, tags, poss, wordnet=wordnet)
+    p.relations = _relation_spans(toks, lows, poss, lex)
     rel_taken = {i for s in p.relations if s.pos != "VERB" for i in range(s.start, s.end)}
     p.objects = _objects(toks, lows, tags, lex, rel_taken)
     p.object_at = {s.head: s for s in p.objects}
@@ -386,6 +434,48 @@ Option = list[tuple[int, int, str, int | None]]  # (char start, char end, new te
 Choice = tuple
 
 
+class Choices(Sequence):
+    """A kind's choices as runs of (builder, args before, candidates, args after), one Choice per candidate, made
+    only when drawn: a caption can have hundreds of replacements and the generator tries a handful. Indexing and
+    iteration give the same Choices, in the same order, as the flat list would (so seeded draws are unchanged)."""
+
+    __slots__ = ("_runs", "_ends")
+
+    def __init__(self) -> None:
+        self._runs: list[tuple] = []
+        self._ends: list[int] = []  # cumulative candidate counts
+
+    def add(self, builder, before: tuple, items: Sequence, after: tuple = ()) -> None:
+        if items:
+            self._runs.append((builder, before, items, after))
+            self._ends.append((self._ends[-1] if self._ends else 0) + len(items))
+
+    def __len__(self) -> int:
+        return self._ends[-1] if self._ends else 0
+
+    def __getitem__(self, j: int) -> Choice:  # type: ignore[override]
+        n = len(self)
+        if j < 0:
+            j += n
+        if not 0 <= j < n:
+            raise IndexError(j)
+        r = bisect_right(self._ends, j)
+        builder, before, items, after = self._runs[r]
+        return (builder, *before, items[j - self._ends[r] + len(items)], *after)
+
+    def __iter__(self) -> Iterator[Choice]:
+        for builder, before, items, after in self._runs:
+            for it in items:
+                yield (builder, *before, it, *after)
+
+
+def _absent(cands: tuple[str, ...], words: frozenset[str], present: set[str]) -> Sequence[str]:
+    """``cands`` without those in ``present``; ``words`` is the set of ``cands`` (most captions name none)."""
+    if words.isdisjoint(present):
+        return cands
+    return [c for c in cands if c not in present]
+
+
 def _starts_sentence(p: Parsed, char: int) -> bool:
     return p.text[:char].strip() == ""
 
@@ -408,20 +498,19 @@ def build(p: Parsed, choice: Choice, mirror: bool = True) -> str | None:
 
 def render(p: Parsed, option: Option) -> str:
     """Apply an option's edits, re-agree the article before each edit, keep the caption's first letter's case."""
-    edits = [Edit(a, b, t) for a, b, t, _ in option]
+    edits = [(a, b, t) for a, b, t, _ in option]
     covered = [(a, b) for a, b, _, _ in option]
-    doc = p.toks
     for _, b, t, prev in option:
-        if prev is None or prev < 0 or doc[prev].lower_ not in ARTICLES:
+        if prev is None or prev < 0 or p.lows[prev] not in ARTICLES:
             continue
-        art = doc[prev]
+        art = p.toks[prev]
         s = art.idx
         if any(x <= s < y for x, y in covered):
             continue
         nxt = first_word(t) if t.strip() else first_word(p.text[b:])
         want = article_for(nxt).upper() if p.text.isupper() else match_case(art.text, article_for(nxt))
         if want.lower() != art.lower_:
-            edits.append(Edit(s, s + len(art.text), want))
+            edits.append((s, s + len(art.text), want))
             covered.append((s, s + len(art.text)))
     out = apply_edits(p.text, edits)
     lead = len(p.text) - len(p.text.lstrip())
@@ -487,49 +576,80 @@ def _contains(phrase: str, part: str) -> bool:
     return f" {part} " in f" {phrase} "
 
 
-def replace_obj(p: Parsed) -> list[Choice]:
-    out = []
+def replace_obj(p: Parsed) -> Choices:
+    out = Choices()
     for s in p.objects:
-        for cand in p.lex.objects.candidates(s.entry):
-            if cand in p.present:
-                continue
-            if p.lex.is_plural_only(cand) and not s.plural:
-                continue  # "a shirt" cannot become "a pants"
-            if p.lex.is_mass(cand) != p.lex.is_mass(s.entry) and not s.plural:
-                continue  # "a dog" -> "a broccoli"
-            out.append((_replace_obj, s, cand))
+        cands, words = _object_replacements(p.lex, s.entry, s.plural)
+        out.add(_replace_obj, (s,), _absent(cands, words, p.present))
     for s in p.wn_objects:
-        out.extend((_replace_obj, s, c) for c in p.wordnet.cohyponyms(s.entry) if c not in p.present)
+        out.add(_replace_obj, (s,), [c for c in p.wordnet.cohyponyms(s.entry) if c not in p.present])
     return out
 
 
-def replace_att(p: Parsed) -> list[Choice]:
-    out = []
-    att = p.lex.attributes
+_CACHE_LIMIT = 100_000
+_OBJECT_REPLACEMENTS: dict = {}
+
+
+def _object_replacements(lex: Lexicon, entry: str, plural: bool) -> tuple[tuple[str, ...], frozenset[str]]:
+    """The lexicon's replacements of an object noun in this number (the same for every caption naming it)."""
+    key = (id(lex), entry, plural)
+    hit = _OBJECT_REPLACEMENTS.get(key)
+    if hit is None:
+        mass = lex.is_mass(entry)
+        cands = tuple(c for c in lex.objects.candidates(entry)
+                      if plural or (not lex.is_plural_only(c)  # "a shirt" cannot become "a pants"
+                                    and lex.is_mass(c) == mass))  # "a dog" -> "a broccoli"
+        hit = _OBJECT_REPLACEMENTS[key] = (cands, frozenset(cands))
+        if len(_OBJECT_REPLACEMENTS) > _CACHE_LIMIT:
+            _OBJECT_REPLACEMENTS.clear()
+    return hit
+
+
+def replace_att(p: Parsed) -> Choices:
+    out = Choices()
     for s in p.attributes:
         after_det = s.start > 0 and p.toks[s.start - 1].dep_ in ("det", "poss")
-        for cand in att.candidates(s.entry, s.groups):
-            if cand in p.present or _contains(cand, s.entry) or _contains(s.entry, cand):
-                continue  # "black" -> "black and white" adds a colour rather than replacing one
-            parts = cand.split()
-            if len(parts) > 1 and any(w in p.present and w in att for w in parts):
-                continue  # "black and brown" -> "light brown and brown" names the other colour twice
-            if after_det and parts[0] in ARTICLES:
-                continue  # "the seven sheep" -> "the a couple of sheep"
-            out.append((_replace, s, cand))
+        cands, names = _attribute_replacements(p.lex, s.entry, s.groups, after_det)
+        if names.isdisjoint(p.present):
+            out.add(_replace, (s,), [c for c, _ in cands])
+        else:  # "black and brown" -> "light brown and brown" names the other colour twice
+            out.add(_replace, (s,), [c for c, w in cands if w.isdisjoint(p.present)])
     if p.wordnet is not None:
         for s in _plain_adjectives(p):
-            out.extend((_replace, s, c) for c in p.wordnet.antonyms(s.entry) if c not in p.present)
+            out.add(_replace, (s,), [c for c in p.wordnet.antonyms(s.entry) if c not in p.present])
     return out
 
 
-def replace_rel(p: Parsed) -> list[Choice]:
-    out = []
+_ATTRIBUTE_REPLACEMENTS: dict = {}
+
+
+def _attribute_replacements(lex: Lexicon, entry: str, groups: frozenset[str], after_det: bool
+                            ) -> tuple[list[tuple[str, frozenset[str]]], frozenset[str]]:
+    """The lexicon's replacements of an attribute, each with the words whose presence in the caption rules it out
+    (itself, and the listed attributes inside a phrase), and the union of those words."""
+    key = (id(lex), entry, groups, after_det)
+    hit = _ATTRIBUTE_REPLACEMENTS.get(key)
+    if hit is None:
+        att = lex.attributes
+        cands = []
+        for cand in att.candidates(entry, groups):
+            if _contains(cand, entry) or _contains(entry, cand):
+                continue  # "black" -> "black and white" adds a colour rather than replacing one
+            parts = cand.split()
+            if after_det and parts[0] in ARTICLES:
+                continue  # "the seven sheep" -> "the a couple of sheep"
+            blocking = {cand} | ({w for w in parts if w in att} if len(parts) > 1 else set())
+            cands.append((cand, frozenset(blocking)))
+        hit = _ATTRIBUTE_REPLACEMENTS[key] = (cands, frozenset().union(*(w for _, w in cands)))
+        if len(_ATTRIBUTE_REPLACEMENTS) > _CACHE_LIMIT:
+            _ATTRIBUTE_REPLACEMENTS.clear()
+    return hit
+
+
+def replace_rel(p: Parsed) -> Choices:
+    out = Choices()
     for s in p.relations:
-        for cand in p.lex.relations.candidates(s.entry, s.groups):
-            if cand in p.present:
-                continue
-            out.append((_replace_rel, s, cand))
+        out.add(_replace_rel, (s,), [c for c in p.lex.relations.candidates(s.entry, s.groups) if c not in p.present])
     return out
 
 
@@ -544,15 +664,38 @@ def swap_obj(p: Parsed) -> list[Choice]:
                 continue
             if bool(s1.groups & ANIMATE) != bool(s2.groups & ANIMATE):
                 continue  # people and animals swap with one another, things with things
+            if _coordinated(p, s1, s2) and not (_modified(p, s1) and _modified(p, s2)):
+                continue  # "a man and a woman" -> "a woman and a man" says the same; "a black dog and a white cat"
+                # -> "a black cat and a white dog" does not
             out.append((_swap, (s1.start, s1.end), (s2.start, s2.end)))
     return out
 
 
+def _coordinated(p: Parsed, s1: Slot, s2: Slot) -> bool:
+    """Are the two objects conjuncts of one coordination ("a man and a woman", "sandwiches, chili, and fries")?"""
+    def first_conjunct(tok):
+        for _ in range(8):  # spaCy chains a list's conjuncts ("fries" -> "chili" -> "sandwiches")
+            if tok.dep_ != "conj":
+                break
+            tok = tok.head
+        return tok.i
+
+    return first_conjunct(p.toks[s1.head]) == first_conjunct(p.toks[s2.head])
+
+
+def _modified(p: Parsed, s: Slot) -> bool:
+    """Does the object have a modifier of its own before it ("a black dog")?"""
+    return any(c.i < s.start and c.dep_ in ("amod", "compound", "nummod", "nmod") for c in p.toks[s.head].children)
+
+
 def _plain_adjectives(p: Parsed) -> list[Slot]:
     """Adjectives outside the lexicon that modify a noun ("a grassy field"): swappable, never replaced."""
+    adjectives = [t for t, tag in zip(p.toks, p.tags, strict=True) if tag == "JJ" and t.dep_ == "amod"]
+    if not adjectives:
+        return []
     taken = {i for s in (*p.attributes, *p.objects, *p.relations) for i in range(s.start, s.end)} | p.repeats
-    return [Slot(t.i, t.i + 1, t.lower_, frozenset(), head=t.head.i, pos="ADJ") for t in p.toks
-            if t.tag_ == "JJ" and t.dep_ == "amod" and t.head.pos_ == "NOUN" and t.i not in taken and t.is_alpha]
+    return [Slot(t.i, t.i + 1, t.lower_, frozenset(), head=t.head.i, pos="ADJ") for t in adjectives
+            if t.head.pos_ == "NOUN" and t.i not in taken and t.is_alpha]
 
 
 def swap_att(p: Parsed) -> list[Choice]:
@@ -581,14 +724,15 @@ def _singular_agreement(tok) -> bool:
     return any(f.tag_ == "VBZ" or f.lower_ == "was" for f in forms)
 
 
-def add_obj(p: Parsed) -> list[Choice]:
-    out = []
+def add_obj(p: Parsed) -> Choices:
+    out = Choices()
     lex = p.lex
     add_with = lex.objects.extra.get("add_with", {})
     slots = list(p.objects)
-    slots += [Slot(t.i, t.i + 1, lemma(t.lower_, "NOUN"), frozenset(), head=t.i, plural=t.tag_ == "NNS", pos="NOUN")
-              for t in p.toks if t.tag_ in NOUN_TAGS and t.dep_ != "compound" and lemma(t.lower_, "NOUN") in add_with
-              and t.i not in p.object_at]  # "people", "person": listed only as hypernyms
+    if add_with:  # "people", "person": listed only as hypernyms
+        slots += [Slot(i, i + 1, lemma(p.lows[i], "NOUN"), frozenset(), head=i, plural=tag == "NNS", pos="NOUN")
+                  for i, tag in enumerate(p.tags) if tag in NOUN_TAGS and i not in p.object_at
+                  and lemma(p.lows[i], "NOUN") in add_with and p.toks[i].dep_ != "compound"]
     if lex.objects.extra.get("add_position") == "end" and slots:
         # a domain whose captions name extra objects last ("... and a green star": the built-in world's grammar)
         last = max(s.end for s in slots)
@@ -609,23 +753,23 @@ def add_obj(p: Parsed) -> list[Choice]:
             if rule and not own:
                 choices.append((rule["groups"], "with" if rule.get("joiner") == "with" else joiner))
         for groups, join in choices:
-            out.extend((_add_object, s, cand, join) for cand in _addable_objects(lex, s.entry, tuple(groups))
-                       if cand not in p.present)
+            out.add(_add_object, (s,), _absent(*_addable_objects(lex, s.entry, tuple(groups)), p.present), (join,))
     return out
 
 
 _ADDABLE_OBJECTS: dict = {}
 
 
-def _addable_objects(lex: Lexicon, entry: str, groups: tuple[str, ...]) -> list[str]:
-    """Sorted members of ``groups`` unrelated to ``entry``: the same for every caption naming ``entry``, so computed
-    once (the relatedness checks were most of add_obj's time)."""
+def _addable_objects(lex: Lexicon, entry: str, groups: tuple[str, ...]) -> tuple[tuple[str, ...], frozenset[str]]:
+    """Sorted members of ``groups`` unrelated to ``entry`` (and their set): the same for every caption naming
+    ``entry``, so computed once (the relatedness checks were most of add_obj's time)."""
     key = (id(lex), entry, groups)
     hit = _ADDABLE_OBJECTS.get(key)
     if hit is None:
         members = {m for g in groups for m in lex.objects.groups.get(g, {}).get("members", ())}
-        hit = _ADDABLE_OBJECTS[key] = sorted(m for m in members if not lex.objects.related(m, entry))
-        if len(_ADDABLE_OBJECTS) > 100_000:
+        cands = tuple(sorted(m for m in members if not lex.objects.related(m, entry)))
+        hit = _ADDABLE_OBJECTS[key] = (cands, frozenset(cands))
+        if len(_ADDABLE_OBJECTS) > _CACHE_LIMIT:
             _ADDABLE_OBJECTS.clear()
     return hit
 
@@ -643,21 +787,18 @@ def _modifier_order(p: Parsed, tok) -> int:
     return UNKNOWN_MODIFIER
 
 
-def add_att(p: Parsed) -> list[Choice]:
-    out = []
-    lex = p.lex
-    att = lex.attributes
-    blocked = set(p.present)  # attributes the caption already has, or their synonyms and hyper/hyponyms
-    for w in p.present:
-        if w in att:
-            blocked |= att.related_members(w)
+def add_att(p: Parsed) -> Choices:
+    out = Choices()
+    att = p.lex.attributes
+    toks = p.toks
     for s in p.objects:
-        head = p.toks[s.head]
-        mods = [c for c in head.children if c.i < s.start and c.dep_ in ("amod", "compound", "nmod", "poss") and
-                c.dep_ != "poss"]
+        head = toks[s.head]
         # never before the noun's determiner, possessive or number ("the little toilet", not "little the toilet")
-        floor = max([t.i + 1 for t in p.toks[head.left_edge.i:s.start]
-                     if t.dep_ in ("det", "poss", "nummod", "predet")], default=0)
+        floor = max([t.i + 1 for t in toks[head.left_edge.i:s.start] if t.dep_ in ("det", "poss", "nummod", "predet")],
+                    default=0)
+        # the modifiers before the noun in order, each with its adjective-order rank and where its phrase starts
+        mods = sorted((c.i, _modifier_order(p, c), c.left_edge.i) for c in head.children
+                      if c.i < s.start and c.dep_ in ("amod", "compound", "nmod"))
         # the attributes between the determiner and the noun, whatever spaCy made their head ("a small pink cross"
         # can parse "small" as a modifier of "pink")
         have = set()
@@ -667,16 +808,11 @@ def add_att(p: Parsed) -> list[Choice]:
         have_rank = {ORDER[g] for g in have if g in ORDER}  # one colour (size, material ...) per noun
         for g in _addable_groups(att, s.groups, frozenset(have), frozenset(have_rank)):
             rank = ORDER.get(g, 2)
-            pos = s.start
-            for c in sorted(mods, key=lambda t: t.i):
-                if _modifier_order(p, c) > rank:
-                    pos = min(pos, c.left_edge.i)
-                    break
-            pos = max(pos, floor)
+            pos = next((edge for _, order, edge in mods if order > rank), s.start)
+            pos = max(min(pos, s.start), floor)
             # a few draws per (noun, group), each a distinct member picked when built: listing every member of
             # every group for every noun would cost more than all the rest of the rules
-            n = min(ADD_ATT_DRAWS, len(att.groups[g]["members"]))
-            out.extend((_insert_attribute, pos, g, j, blocked) for j in range(n))
+            out.add(_insert_attribute, (pos, g), range(min(ADD_ATT_DRAWS, len(att.groups[g]["members"]))))
     return out
 
 
@@ -692,18 +828,31 @@ def _addable_groups(att, obj_groups: frozenset[str], have: frozenset[str], have_
             g for g, meta in att.groups.items() if meta.get("add") and g not in NO_ADD_GROUPS and g not in have
             and ORDER.get(g) not in have_rank
             and ("*" in meta.get("applies_to", []) or obj_groups & set(meta.get("applies_to", []))))
-        if len(_ADDABLE) > 100_000:
+        if len(_ADDABLE) > _CACHE_LIMIT:
             _ADDABLE.clear()
     return hit
 
 
-def _insert_attribute(p: Parsed, pos: int, group: str, j: int, blocked: set[str]) -> Option | None:
+def _blocked_attributes(p: Parsed) -> set[str]:
+    """Attributes the caption already has, or their synonyms and hyper/hyponyms: never added (made once, when the
+    first addition is built)."""
+    if p.blocked is None:
+        att = p.lex.attributes
+        p.blocked = set(p.present)
+        for w in p.present:
+            if w in att:
+                p.blocked |= att.related_members(w)
+    return p.blocked
+
+
+def _insert_attribute(p: Parsed, pos: int, group: str, j: int) -> Option | None:
     """The j-th member of a seeded order of the group's members the caption does not already imply."""
+    blocked = _blocked_attributes(p)
     members = [m for m in p.lex.attributes.groups[group]["members"] if m not in blocked]
     if j >= len(members):
         return None
-    random.Random(f"{p.text}\x1f{group}\x1f{pos}").shuffle(members)  # str seeds are stable across runs
-    return _insert_before(p, pos, members[j])
+    order = seeded_order(stable_seed(p.text, group, pos), len(members))
+    return _insert_before(p, pos, members[next(islice(order, j, None))])
 
 
 def swap_chunks(p: Parsed) -> list[Choice]:

@@ -8,9 +8,10 @@ rules``).
 
 Kinds: SugarCrepe's seven (replace_obj, replace_att, replace_rel, swap_obj, swap_att, add_obj, add_att), NegCLIP's
 swaps (swap_chunks, swap_phrases, swap_tags) and ARO's four order perturbations (clipneg.text.order). Deterministic
-for (caption, kind, seed) on any machine and whatever else is in the chunk: the choices of a kind are sampled with
-``stable_seed(caption, kind, seed)``; each NegText records the base seed. The lexicon, the spaCy model and whether
-WordNet was found also decide the output: ``manifest()`` records all three.
+for (caption, kind, seed) on any machine and whatever else is in the chunk: the choices of an edit kind are tried
+in the order ``seeded_order(mix64(stable_seed(caption, seed) ^ salt of the kind), n)`` gives (generators/base.py),
+an order perturbation draws with ``stable_seed(caption, kind, seed)``; each NegText records the base seed. The
+lexicon, the spaCy model and whether WordNet was found also decide the output: ``manifest()`` records all three.
 
 Checks on every candidate, counted in ``stats.rejected`` by (kind, "rules", reason): "no candidate" (the kind does
 not apply to the caption), "equals positive" (same words as the caption), "duplicate" (already made for this sample,
@@ -26,10 +27,10 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from itertools import islice
 from typing import Any
 
 import numpy as np
@@ -39,7 +40,7 @@ from clipneg.shards import Quarantined
 from clipneg.text.nlp import NLTK_TOKENIZER, PARSER_PIPES, SPACY_MODELS, load_spacy, nltk_tokenize, spacy_model_id
 from clipneg.text.order import ADJ_TAGS, NOUN_TAGS, PERTURBATIONS, TRIGRAM_KINDS, perturb
 
-from ..base import StageStats, config_hash, stable_seed
+from ..base import StageStats, config_hash, mix64, seeded_order, stable_seed
 from .edits import EDIT_KINDS, SWAP_KINDS, build, parse
 from .grammar import bag_of_words, words
 from .lexicon import Lexicon, load_lexicon
@@ -54,6 +55,7 @@ FILTER = "rules"
 ALL_KINDS: tuple[str, ...] = (*EDIT_KINDS, *PERTURBATIONS)
 SUGARCREPE_KINDS = ("replace_obj", "replace_att", "replace_rel", "swap_obj", "swap_att", "add_obj", "add_att")
 _LETTER = re.compile(r"[^\W\d_]", re.UNICODE)
+_KIND_SALT = {k: stable_seed(k) for k in EDIT_KINDS}  # a kind's draws: mix64(caption's seed ^ its salt)
 
 
 @dataclass(frozen=True)
@@ -211,17 +213,17 @@ class RuleGenerator:
             return []
         seen = set(existing) | {caption}
         out: list[NegText] = []
+        base_seed = stable_seed(caption, self.config.seed)  # one hash per caption; each kind mixes in its salt
         for kind in self.config.kinds:
             try:
-                out.extend(self._kind(kind, caption, doc, p, seen))
+                out.extend(self._kind(kind, caption, doc, p, seen, base_seed))
             except Exception:
                 logger.exception("rule generator failed on kind %s of caption %r", kind, caption)
                 self.stats.extra["errors"] += 1
         return out
 
-    def _kind(self, kind: str, caption: str, doc, p, seen: set[str]) -> list[NegText]:
+    def _kind(self, kind: str, caption: str, doc, p, seen: set[str], base_seed: int) -> list[NegText]:
         cfg = self.config
-        seed = stable_seed(caption, kind, cfg.seed)
         if kind in PERTURBATIONS:
             if kind in TRIGRAM_KINDS:  # NLTK tokens, as the official code; tags are not used by these kinds
                 if p.nltk_tokens is None:
@@ -234,6 +236,7 @@ class RuleGenerator:
                 return []
             plain = " ".join(t for t, _ in tagged)
             options = range(cfg.k * cfg.tries_per_negative)
+            seed = stable_seed(caption, kind, cfg.seed)
 
             def make(j: int) -> str:
                 return perturb(tagged, kind, np.random.default_rng([seed, j]))
@@ -242,8 +245,9 @@ class RuleGenerator:
             if not opts:
                 self.stats.reject(kind, FILTER, "no candidate")
                 return []
-            # a seeded sample of the choices in random order (cheaper than shuffling them all)
-            options = random.Random(seed).sample(opts, min(len(opts), cfg.k * cfg.tries_per_negative))
+            # the choices in a seeded random order, drawn only as far as the checks below need
+            order = seeded_order(mix64(base_seed ^ _KIND_SALT[kind]), len(opts))
+            options = (opts[j] for j in islice(order, cfg.k * cfg.tries_per_negative))
             plain = None
 
             def make(choice) -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from dataclasses import dataclass
 from functools import lru_cache
 
 # "an" before a vowel sound: a letter heuristic plus the usual exceptions (a unicorn, a one-way street, an hour)
@@ -86,24 +85,19 @@ def inflect_verb(entry: str, tag: str) -> str:
     return " ".join([first, *rest])
 
 
-@dataclass(frozen=True)
-class Edit:
-    """Replace text[start:end] with ``text`` (an insertion when start == end)."""
-
-    start: int
-    end: int
-    text: str
-
-
-def apply_edits(text: str, edits: list[Edit]) -> str:
-    """Apply non-overlapping edits by character span, right to left so earlier offsets stay valid."""
+def apply_edits(text: str, edits: list[tuple[int, int, str]]) -> str:
+    """Apply non-overlapping edits (start, end, new text; an insertion when start == end) by character span,
+    right to left so earlier offsets stay valid."""
+    if len(edits) == 1:  # most edits: one replacement or insertion
+        start, end, new = edits[0]
+        return text[:start] + new + text[end:]
     out = text
     last = len(text) + 1
-    for e in sorted(edits, key=lambda e: (e.start, e.end), reverse=True):
-        if e.end > last:
+    for start, end, new in sorted(edits, key=lambda e: (e[0], e[1]), reverse=True):
+        if end > last:
             raise ValueError(f"overlapping edits in {text!r}: {edits}")
-        out = out[:e.start] + e.text + out[e.end:]
-        last = e.start
+        out = out[:start] + new + out[end:]
+        last = start
     return out
 
 
