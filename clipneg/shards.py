@@ -4,7 +4,9 @@ Inputs are cut into consecutive chunks of ``shard_size``; chunk ``i`` becomes ``
 committed by two atomic renames (the tar, then its record under ``_parts/``), so after a kill a rerun skips every
 committed chunk without calling ``process`` on it and redoes the one that was in flight. Because chunk membership
 depends only on input order, an interrupted-then-resumed job writes byte-identical shards to an uninterrupted one
-(tar headers carry no timestamps or owners).
+(tar headers carry no timestamps or owners). The run's ``info`` (source, generator configs and versions, seeds) is
+recorded when it starts (``_parts/{prefix}.run``); resuming with another is refused with an error naming what differs,
+as its new chunks would not match the committed ones.
 
 Work is done per item (``process``: one input -> one Sample) or per chunk (``process_batch``: the chunk's inputs ->
 one Sample or :class:`Quarantined` per input, in order), for stages that batch internally: spaCy's ``nlp.pipe``, LLM
@@ -214,6 +216,7 @@ def write_shards(
     if world_size == 1:  # leftovers of a killed run (with several ranks, another rank's file may be in flight)
         for stale in [*out.glob(".*.tmp*"), *parts.glob(".*.tmp*")]:
             stale.unlink()
+    _check_resume(parts / f"{prefix}.run", info or {})
     n_skipped = n_quarantined = 0
     n_chunks = 0
     seen: set[str] = set()
@@ -259,6 +262,21 @@ def write_shards(
     if n_skipped:
         log.info("resumed: skipped %d inputs in committed shards", n_skipped)
     return finalize(out, prefix=prefix, n_chunks=n_chunks, info=info, shard_size=shard_size)
+
+
+def _check_resume(path: Path, info: dict[str, Any]) -> None:
+    """Record the run's ``info`` (source, generator configs and versions, seeds) when it starts, and refuse to resume
+    into a folder started with another: committed chunks and new ones would disagree, and nothing else would tell."""
+    data = json.dumps(info, sort_keys=True, default=str)
+    if path.is_file():
+        before = json.loads(path.read_text())
+        if before != json.loads(data):
+            keys = sorted(k for k in set(before) | set(info) if before.get(k) != json.loads(data).get(k))
+            raise ValueError(f"{path.parent.parent} holds part of a run with another configuration (differs in: "
+                             f"{', '.join(keys)}); rerun the same command to resume it, or write to a new --out "
+                             f"(or delete the folder) to start over")
+        return
+    _atomic_write(path, data.encode())
 
 
 def finalize(out: Path, *, prefix: str, n_chunks: int, info: dict[str, Any] | None, shard_size: int

@@ -140,7 +140,8 @@ def test_swaps_exact(nlp, tiny_lex):
     assert outs(tiny(nlp, tiny_lex, "swap_obj"), "A dog next to an elephant.") == {"An elephant next to a dog."}
     # conjuncts swapped say the same thing unless each has its own modifier
     assert outs(tiny(nlp, tiny_lex, "swap_obj"), "A dog and an elephant.") == set()
-    assert outs(tiny(nlp, tiny_lex, "swap_obj"), "A red dog and a blue elephant.") == {"A red elephant and a blue dog."}
+    assert outs(tiny(nlp, tiny_lex, "swap_obj"), "A red dog and a blue elephant.") == {
+        "A red elephant and a blue dog."}
     assert outs(tiny(nlp, tiny_lex, "swap_att"), "A red car and a light blue bike.") == {
         "A light blue car and a red bike."}
     assert outs(tiny(nlp, tiny_lex, "swap_chunks"), "A man and a dog.") == {"A dog and a man."}

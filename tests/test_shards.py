@@ -171,6 +171,19 @@ def test_resume_after_kill_equals_uninterrupted_run(tmp_path):
     assert manifest["counts"] == {"inputs": 57, "written": 55, "quarantined": 2}
 
 
+def test_resume_into_a_run_with_another_configuration_is_refused(tmp_path):
+    import pytest
+
+    info = {"generators": [{"name": "rules", "version": "1.1.0", "config": {"seed": 0}}], "seed": 0}
+    first = write_shards(_samples(5), tmp_path, shard_size=2, info=info, progress=False)
+    # the same configuration resumes (here: finds every chunk committed) and gives the same manifest
+    assert write_shards(_samples(5), tmp_path, shard_size=2, info=info, progress=False) == first
+    other = {**info, "seed": 1}
+    with pytest.raises(ValueError, match=r"another configuration \(differs in: seed\).*new --out"):
+        write_shards(_samples(5), tmp_path, shard_size=2, info=other, progress=False)
+    assert json.loads((tmp_path / "manifest.json").read_text()) == first  # nothing was touched
+
+
 def test_process_errors_other_than_bad_input_propagate(tmp_path):
     def buggy(s):
         raise KeyError("a bug, not bad input")

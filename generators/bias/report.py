@@ -31,7 +31,7 @@ from ..filters.text import normalize, same_bag, words
 from .refine import RefineConfig, balance_by_kind
 from .scorers import CUES, SCORERS, blind_accuracy, cross_val_gaps
 
-VERSION = "1.0.0"
+VERSION = "1.1.0"
 REFINER = "bias_refiner"
 R_BIAS = "blind-scorer bias"
 

@@ -49,7 +49,7 @@ from .wordnet import WordNet
 
 logger = logging.getLogger(__name__)
 
-VERSION = "1.0.0"
+VERSION = "1.1.0"
 GEN = "rules"
 FILTER = "rules"
 ALL_KINDS: tuple[str, ...] = (*EDIT_KINDS, *PERTURBATIONS)
