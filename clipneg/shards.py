@@ -269,9 +269,9 @@ def _check_resume(path: Path, info: dict[str, Any]) -> None:
     into a folder started with another: committed chunks and new ones would disagree, and nothing else would tell."""
     data = json.dumps(info, sort_keys=True, default=str)
     if path.is_file():
-        before = json.loads(path.read_text())
-        if before != json.loads(data):
-            keys = sorted(k for k in set(before) | set(info) if before.get(k) != json.loads(data).get(k))
+        before, now = json.loads(path.read_text()), json.loads(data)  # compared as JSON, as they are stored
+        if before != now:
+            keys = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
             raise ValueError(f"{path.parent.parent} holds part of a run with another configuration (differs in: "
                              f"{', '.join(keys)}); rerun the same command to resume it, or write to a new --out "
                              f"(or delete the folder) to start over")

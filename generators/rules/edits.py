@@ -174,21 +174,16 @@ def _pobj_ok(doc, tok, groups: set[str], lex: Lexicon) -> set[str]:
     return keep
 
 
-_BY_POS: dict = {}
-
-
-def _groups_by_pos(rel, word: str) -> dict[str, frozenset[str]]:
+def _groups_by_pos(lex: Lexicon, word: str) -> dict[str, frozenset[str]]:
     """The relation groups of a word by the part of speech they are listed for (ADP when unsaid)."""
-    key = (id(rel), word)
-    hit = _BY_POS.get(key)
-    if hit is None:
+    def make() -> dict[str, frozenset[str]]:
+        rel = lex.relations
         by_pos: dict[str, set[str]] = {}
         for g in rel.groups_of(word):
             by_pos.setdefault(rel.groups[g].get("pos", "ADP"), set()).add(g)
-        hit = _BY_POS[key] = {k: frozenset(v) for k, v in by_pos.items()}
-        if len(_BY_POS) > _CACHE_LIMIT:
-            _BY_POS.clear()
-    return hit
+        return {k: frozenset(v) for k, v in by_pos.items()}
+
+    return lex.memo(("groups_by_pos", word), make)
 
 
 def _single_relation(doc, tok, lex: Lexicon) -> Slot | None:
@@ -200,13 +195,13 @@ def _single_relation(doc, tok, lex: Lexicon) -> Slot | None:
         return None
     if pos == "VERB" and tok.tag_.startswith("VB"):
         lem = lemma(low, "VERB")
-        groups = _groups_by_pos(rel, lem).get("VERB")
+        groups = _groups_by_pos(lex, lem).get("VERB")
         if groups:
             return Slot(i, i + 1, lem, groups, pos="VERB")
         return None
     if low not in rel:
         return None
-    pos_groups = _groups_by_pos(rel, low)
+    pos_groups = _groups_by_pos(lex, low)
     if "ADP" in pos_groups and (tok.tag_ == "IN" or (tok.tag_ == "RP" and low in ("up", "down"))):
         groups = _pobj_ok(doc, tok, pos_groups["ADP"], lex)
         if groups:
@@ -326,7 +321,7 @@ def _attributes(doc, lows: list[str], lex: Lexicon, taken: set[int], object_at: 
             head = _attr_head(last)
             groups = frozenset(groups)
             if head is not None and head in object_at:  # keep only groups that apply to the described object
-                groups = _applying(att, groups, object_at[head].groups)
+                groups = _applying(lex, groups, object_at[head].groups)
             found = Slot(i, i + size, phrase, groups, head=head, pos=last.pos_)
             break
         if found:
@@ -337,20 +332,15 @@ def _attributes(doc, lows: list[str], lex: Lexicon, taken: set[int], object_at: 
     return out
 
 
-_APPLYING: dict = {}
-
-
-def _applying(att, groups: frozenset[str], obj_groups: frozenset[str]) -> frozenset[str]:
+def _applying(lex: Lexicon, groups: frozenset[str], obj_groups: frozenset[str]) -> frozenset[str]:
     """The attribute groups that apply to an object of ``obj_groups`` (all of them when none does)."""
-    key = (id(att), groups, obj_groups)
-    hit = _APPLYING.get(key)
-    if hit is None:
+    def make() -> frozenset[str]:
+        att = lex.attributes
         fit = frozenset(g for g in groups if "*" in att.groups[g].get("applies_to", ["*"])
                         or obj_groups & set(att.groups[g].get("applies_to", [])))
-        hit = _APPLYING[key] = fit or groups
-        if len(_APPLYING) > _CACHE_LIMIT:
-            _APPLYING.clear()
-    return hit
+        return fit or groups
+
+    return lex.memo(("applying", groups, obj_groups), make)
 
 
 def _body(toks, slot: Slot) -> tuple[str, int]:
@@ -586,23 +576,16 @@ def replace_obj(p: Parsed) -> Choices:
     return out
 
 
-_CACHE_LIMIT = 100_000
-_OBJECT_REPLACEMENTS: dict = {}
-
-
 def _object_replacements(lex: Lexicon, entry: str, plural: bool) -> tuple[tuple[str, ...], frozenset[str]]:
     """The lexicon's replacements of an object noun in this number (the same for every caption naming it)."""
-    key = (id(lex), entry, plural)
-    hit = _OBJECT_REPLACEMENTS.get(key)
-    if hit is None:
+    def make() -> tuple[tuple[str, ...], frozenset[str]]:
         mass = lex.is_mass(entry)
         cands = tuple(c for c in lex.objects.candidates(entry)
                       if plural or (not lex.is_plural_only(c)  # "a shirt" cannot become "a pants"
                                     and lex.is_mass(c) == mass))  # "a dog" -> "a broccoli"
-        hit = _OBJECT_REPLACEMENTS[key] = (cands, frozenset(cands))
-        if len(_OBJECT_REPLACEMENTS) > _CACHE_LIMIT:
-            _OBJECT_REPLACEMENTS.clear()
-    return hit
+        return cands, frozenset(cands)
+
+    return lex.memo(("object_replacements", entry, plural), make)
 
 
 def replace_att(p: Parsed) -> Choices:
@@ -620,16 +603,11 @@ def replace_att(p: Parsed) -> Choices:
     return out
 
 
-_ATTRIBUTE_REPLACEMENTS: dict = {}
-
-
 def _attribute_replacements(lex: Lexicon, entry: str, groups: frozenset[str], after_det: bool
                             ) -> tuple[list[tuple[str, frozenset[str]]], frozenset[str]]:
     """The lexicon's replacements of an attribute, each with the words whose presence in the caption rules it out
     (itself, and the listed attributes inside a phrase), and the union of those words."""
-    key = (id(lex), entry, groups, after_det)
-    hit = _ATTRIBUTE_REPLACEMENTS.get(key)
-    if hit is None:
+    def make() -> tuple[list[tuple[str, frozenset[str]]], frozenset[str]]:
         att = lex.attributes
         cands = []
         for cand in att.candidates(entry, groups):
@@ -640,10 +618,9 @@ def _attribute_replacements(lex: Lexicon, entry: str, groups: frozenset[str], af
                 continue  # "the seven sheep" -> "the a couple of sheep"
             blocking = {cand} | ({w for w in parts if w in att} if len(parts) > 1 else set())
             cands.append((cand, frozenset(blocking)))
-        hit = _ATTRIBUTE_REPLACEMENTS[key] = (cands, frozenset().union(*(w for _, w in cands)))
-        if len(_ATTRIBUTE_REPLACEMENTS) > _CACHE_LIMIT:
-            _ATTRIBUTE_REPLACEMENTS.clear()
-    return hit
+        return cands, frozenset().union(*(w for _, w in cands))
+
+    return lex.memo(("attribute_replacements", entry, groups, after_det), make)
 
 
 def replace_rel(p: Parsed) -> Choices:
@@ -757,21 +734,15 @@ def add_obj(p: Parsed) -> Choices:
     return out
 
 
-_ADDABLE_OBJECTS: dict = {}
-
-
 def _addable_objects(lex: Lexicon, entry: str, groups: tuple[str, ...]) -> tuple[tuple[str, ...], frozenset[str]]:
     """Sorted members of ``groups`` unrelated to ``entry`` (and their set): the same for every caption naming
     ``entry``, so computed once (the relatedness checks were most of add_obj's time)."""
-    key = (id(lex), entry, groups)
-    hit = _ADDABLE_OBJECTS.get(key)
-    if hit is None:
+    def make() -> tuple[tuple[str, ...], frozenset[str]]:
         members = {m for g in groups for m in lex.objects.groups.get(g, {}).get("members", ())}
         cands = tuple(sorted(m for m in members if not lex.objects.related(m, entry)))
-        hit = _ADDABLE_OBJECTS[key] = (cands, frozenset(cands))
-        if len(_ADDABLE_OBJECTS) > _CACHE_LIMIT:
-            _ADDABLE_OBJECTS.clear()
-    return hit
+        return cands, frozenset(cands)
+
+    return lex.memo(("addable_objects", entry, groups), make)
 
 
 def _add_object(p: Parsed, slot: Slot, cand: str, joiner: str = "and") -> Option:
@@ -806,7 +777,7 @@ def add_att(p: Parsed) -> Choices:
             if floor <= a.start < s.start:
                 have |= att.groups_of(a.entry)
         have_rank = {ORDER[g] for g in have if g in ORDER}  # one colour (size, material ...) per noun
-        for g in _addable_groups(att, s.groups, frozenset(have), frozenset(have_rank)):
+        for g in _addable_groups(p.lex, s.groups, frozenset(have), frozenset(have_rank)):
             rank = ORDER.get(g, 2)
             pos = next((edge for _, order, edge in mods if order > rank), s.start)
             pos = max(min(pos, s.start), floor)
@@ -817,20 +788,18 @@ def add_att(p: Parsed) -> Choices:
 
 
 ADD_ATT_DRAWS = 3
-_ADDABLE: dict = {}
 
 
-def _addable_groups(att, obj_groups: frozenset[str], have: frozenset[str], have_rank: frozenset[int]) -> list[str]:
-    key = (id(att), obj_groups, have, have_rank)
-    hit = _ADDABLE.get(key)
-    if hit is None:
-        hit = _ADDABLE[key] = sorted(
-            g for g, meta in att.groups.items() if meta.get("add") and g not in NO_ADD_GROUPS and g not in have
-            and ORDER.get(g) not in have_rank
+def _addable_groups(lex: Lexicon, obj_groups: frozenset[str], have: frozenset[str], have_rank: frozenset[int]
+                    ) -> list[str]:
+    """The attribute groups add_att may add to an object of ``obj_groups`` that already has the ``have`` groups."""
+    def make() -> list[str]:
+        return sorted(
+            g for g, meta in lex.attributes.groups.items() if meta.get("add") and g not in NO_ADD_GROUPS
+            and g not in have and ORDER.get(g) not in have_rank
             and ("*" in meta.get("applies_to", []) or obj_groups & set(meta.get("applies_to", []))))
-        if len(_ADDABLE) > _CACHE_LIMIT:
-            _ADDABLE.clear()
-    return hit
+
+    return lex.memo(("addable_groups", obj_groups, have, have_rank), make)
 
 
 def _blocked_attributes(p: Parsed) -> set[str]:

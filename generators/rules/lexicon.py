@@ -26,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -173,7 +173,17 @@ class Lexicon:
     def is_plural_only(self, word: str) -> bool:
         return word in self._plural_only
 
+    def memo(self, key: tuple, make: Callable[[], Any]) -> Any:
+        """``make()``, computed once per key for this lexicon: what the rule engine derives from the lexicon alone
+        (candidate lists per entry, groups per word), the same for every caption. Kept on the lexicon, so a new or
+        merged lexicon never sees another's values."""
+        hit = self._memo.get(key)
+        if hit is None:
+            hit = self._memo[key] = make()
+        return hit
+
     def finish(self) -> Lexicon:
+        self._memo: dict[tuple, Any] = {}
         for s in (self.objects, self.attributes, self.relations):
             s.build()
         self._mass = set(self.objects.extra.get("mass", []))
