@@ -103,14 +103,17 @@ def mix64(x: int) -> int:
     return x ^ (x >> 31)
 
 
-def seeded_order(seed: int, n: int) -> Iterator[int]:
+def seeded_order(seed: int, n: int, limit: int | None = None) -> Iterator[int]:
     """The indices of range(n) in a random order fixed by ``seed``, made one at a time: a lazy Fisher-Yates shuffle
     over a SplitMix64 stream. A generator that keeps the first few choices that pass its checks pays for those only,
-    where reseeding a Mersenne Twister and sampling cost more than the edits themselves."""
+    where reseeding a Mersenne Twister and sampling cost more than the edits themselves. ``limit``: stop after
+    that many (the first ``limit`` of the same order)."""
     moved: dict[int, int] = {}  # position -> index that the partial shuffle has put there
     state = seed & _MASK64
-    for i in range(n):
+    for i in range(n if limit is None else min(n, limit)):
         state = (state + _GOLDEN64) & _MASK64
-        j = i + ((mix64(state) * (n - i)) >> 64)  # uniform in [i, n) (multiply-shift, bias < n / 2**64)
+        x = ((state ^ (state >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64  # mix64(state), inlined: this is a hot loop
+        x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+        j = i + (((x ^ (x >> 31)) * (n - i)) >> 64)  # uniform in [i, n) (multiply-shift, bias < n / 2**64)
         yield moved.get(j, j)
         moved[j] = moved.get(i, i)

@@ -352,6 +352,8 @@ def test_seeded_order_is_a_uniform_deterministic_permutation():
         order = list(seeded_order(12345, n))
         assert sorted(order) == list(range(n))
         assert order == list(seeded_order(12345, n))
+        for limit in (0, 1, 3, n + 2):  # a limit stops the same order early
+            assert list(seeded_order(12345, n, limit)) == order[:limit]
     assert list(seeded_order(1, 50)) != list(seeded_order(2, 50))
     # every index equally likely first and second: 6,000 seeds over 6 choices, 1,000 expected each (sd ~29)
     first, second = Counter(), Counter()
@@ -488,3 +490,26 @@ def test_on_the_world_every_negative_parses_and_is_false_of_its_scene(nlp, tmp_p
     for kind in ("swap_obj", "swap_att"):
         assert true[kind] <= 0.05 * made[kind] and covered[kind] >= 60, (kind, made[kind], true[kind])
     assert 0 < true["add_att"] < made["add_att"]
+
+
+def test_the_generators_word_and_bag_keys_agree_with_words_and_bag_of_words():
+    """The checks' fast keys (bytes.translate for ASCII, the regex otherwise) say "same words" and "same bag" when
+    grammar.words and grammar.bag_of_words do, on random text over ASCII, accents, emoji and a Kelvin sign."""
+    import random
+
+    from clipneg.generators.rules.generator import _bag_key, _word_key
+
+    rng = random.Random(0)
+    alphabet = [chr(c) for c in range(32, 127)] + list("aan  éÉß🙂Σ\u212a") * 3
+    texts = ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 16))) for _ in range(3000)]
+    texts += ["A dog and an apple.", "an apple and a dog", "a dog and a apple", "Café au lait", "cafe au lait"]
+    for t in texts:  # a capital sigma lowers by context (final or not), text by text rather than word by word
+        if "Σ" not in t:
+            assert [w.decode() for w in _word_key(t)] == words(t)
+    pairs = list(zip(texts, texts[1:] + texts[:1], strict=True))
+    pairs += [(texts[-5], texts[-4]), (texts[-4], texts[-3]), (texts[-2], texts[-1])]
+    for a, b in pairs:
+        assert (_word_key(a) == _word_key(b)) == (words(a) == words(b))
+        assert (_bag_key(a) == _bag_key(b)) == (bag_of_words(a) == bag_of_words(b))
+    assert _bag_key("A dog and an apple.") == _bag_key("an apple and a dog")
+    assert _word_key("A dog and an apple.") != _word_key("an apple and a dog")

@@ -54,10 +54,11 @@ DET_BEFORE_SIDE = frozenset({"the", "his", "her", "their", "its", "my", "your", 
 NEXT_NOUN_WINDOW = 4
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Slot:
     """Tokens [start, end) of the doc matched to a lexicon ``entry`` of some ``groups``; ``head`` is the noun an
-    attribute describes (or the noun itself for an object, None when unknown)."""
+    attribute describes (or the noun itself for an object, None when unknown). Never changed once made; not frozen
+    because a caption makes dozens and a frozen dataclass's constructor cost more than finding them."""
 
     start: int
     end: int
@@ -68,7 +69,7 @@ class Slot:
     pos: str = ""
 
 
-@dataclass
+@dataclass(slots=True, eq=False)
 class Parsed:
     """A parsed caption with its slots."""
 
@@ -82,7 +83,7 @@ class Parsed:
     nltk_tokens: list[str] | None = None  # NLTK tokens for ARO's trigram perturbations, made when first needed
     wordnet: object | None = None  # clipneg.generators.rules.wordnet.WordNet when installed and enabled
     wn_objects: list[Slot] = field(default_factory=list)  # nouns outside the lexicon, replaced through WordNet
-    words: list[str] | None = None  # the caption's words and bag of words, for the generator's checks
+    words: list[bytes] | None = None  # the caption's word and bag keys, for the generator's checks
     bag: object | None = None
     objects: list[Slot] = field(default_factory=list)
     attributes: list[Slot] = field(default_factory=list)
@@ -94,6 +95,7 @@ class Parsed:
     # white arrow is ..."; an edit inside the antecedent is made in the repeat too (see _corefs)
     corefs: list[tuple[tuple[int, int], tuple[int, int]]] = field(default_factory=list)
     repeats: set[int] = field(default_factory=set)  # the repeats' tokens: never edited on their own
+    lead_upper: int = -1  # where the caption's first character is, when it is upper case (else -1)
 
     def span_chars(self, start: int, end: int) -> tuple[int, int]:
         toks = self.toks
@@ -128,7 +130,7 @@ def _relation_spans(doc, lows: list[str], poss: list[str], lex: Lexicon) -> list
     while i < n:
         low = lows[i]
         if low not in rel.first_words:
-            found = _single_relation(doc, doc[i], lex) if poss[i] == "VERB" or low in rel else None
+            found = _single_relation(doc, doc[i], lex) if poss[i] == "VERB" or low in rel.entries else None
             i = found.end if found else i + 1  # most tokens: no phrase starts here
             if found:
                 out.append(found)
@@ -139,7 +141,7 @@ def _relation_spans(doc, lows: list[str], poss: list[str], lex: Lexicon) -> list
             phrase = " ".join(lows[i:i + size])
             if size == 1:
                 found = _single_relation(doc, toks[0], lex)
-            elif phrase in rel and toks[0].pos_ in ("ADP", "ADV", "ADJ", "VERB", "AUX"):
+            elif phrase in rel.entries and toks[0].pos_ in ("ADP", "ADV", "ADJ", "VERB", "AUX"):
                 groups = {g for g in rel.groups_of(phrase) if rel.groups[g].get("pos", "ADP") in ("ADP", "VERB")}
                 groups = _pobj_ok(doc, toks[-1], groups, lex)
                 if groups:
@@ -191,7 +193,7 @@ def _single_relation(doc, tok, lex: Lexicon) -> Slot | None:
     i = tok.i
     low = tok.lower_
     pos = tok.pos_
-    if pos != "VERB" and low not in rel:
+    if pos != "VERB" and low not in rel.entries:
         return None
     if pos == "VERB" and tok.tag_.startswith("VB"):
         lem = lemma(low, "VERB")
@@ -199,7 +201,7 @@ def _single_relation(doc, tok, lex: Lexicon) -> Slot | None:
         if groups:
             return Slot(i, i + 1, lem, groups, pos="VERB")
         return None
-    if low not in rel:
+    if low not in rel.entries:
         return None
     pos_groups = _groups_by_pos(lex, low)
     if "ADP" in pos_groups and (tok.tag_ == "IN" or (tok.tag_ == "RP" and low in ("up", "down"))):
@@ -238,11 +240,11 @@ def _objects(doc, lows: list[str], tags: list[str], lex: Lexicon, taken: set[int
             if size > 1 and any(t.pos_ not in ("NOUN", "ADJ", "PROPN", "PUNCT", "VERB") for t in toks[:-1]):
                 continue
             lower, lem = _noun_key(lows[i:i + size])
-            if lex.is_plural_only(lower) and lower in obj:
+            if lex.is_plural_only(lower) and lower in obj.entries:
                 entry = lower
-            elif lem in obj:
+            elif lem in obj.entries:
                 entry = lem
-            elif lower in obj:
+            elif lower in obj.entries:
                 entry = lower
             else:
                 continue
@@ -284,13 +286,13 @@ def _attributes(doc, lows: list[str], lex: Lexicon, taken: set[int], object_at: 
     n = len(doc)
     i = 0
     while i < n:
-        if lows[i] not in att and lows[i] not in att.first_words:
+        if lows[i] not in att.entries and lows[i] not in att.first_words:
             i += 1
             continue
         found = None
         for size in _sizes(att, lows, i):
             phrase = " ".join(lows[i:i + size])
-            if phrase not in att:
+            if phrase not in att.entries:
                 continue
             toks = doc[i:i + size]
             if any(t.i in taken for t in toks):
@@ -358,7 +360,7 @@ def _corefs(p: Parsed) -> set[int]:
     return the repeats' tokens. Editing only one of the two would make the caption name a third thing ("a white
     arrow ..., and the white heart is ...") instead of changing the one it names twice; the world's own negatives,
     and SugarCrepe's human-checked ones, change the entity, so edits are chosen in the antecedent and mirrored."""
-    toks, lows = p.toks, [t.lower_ for t in p.toks]
+    toks, lows = p.toks, p.lows
     seen: dict[tuple[str, ...], tuple[int, int]] = {}  # body words -> latest indefinite body, as tokens
     repeats: set[int] = set()
     for s in p.objects:
@@ -393,6 +395,8 @@ def parse(text: str, doc, lex: Lexicon, wordnet=None) -> Parsed:
     tags = [t.tag_ for t in toks]
     poss = [t.pos_ for t in toks]
     p = Parsed(text, doc, lex, toks, lows, tags, poss, wordnet=wordnet)
+    lead = len(text) - len(text.lstrip())
+    p.lead_upper = lead if text[lead:lead + 1].isupper() else -1
     p.relations = _relation_spans(toks, lows, poss, lex)
     rel_taken = {i for s in p.relations if s.pos != "VERB" for i in range(s.start, s.end)}
     p.objects = _objects(toks, lows, tags, lex, rel_taken)
@@ -488,6 +492,17 @@ def build(p: Parsed, choice: Choice, mirror: bool = True) -> str | None:
 
 def render(p: Parsed, option: Option) -> str:
     """Apply an option's edits, re-agree the article before each edit, keep the caption's first letter's case."""
+    text = p.text
+    if len(option) == 1:  # most edits: one span, with no article before it to re-agree
+        a, b, t, prev = option[0]
+        if prev is None or prev < 0 or p.lows[prev] not in ARTICLES:
+            return _keep_lead_case(p, text[:a] + t + text[b:])
+        art = p.toks[prev]  # before the edit, so outside it
+        want = _agreed(p, art, first_word(t) if t.strip() else first_word(text[b:]))
+        if want is None:
+            return _keep_lead_case(p, text[:a] + t + text[b:])
+        s = art.idx
+        return _keep_lead_case(p, text[:s] + want + text[s + len(art.text):a] + t + text[b:])
     edits = [(a, b, t) for a, b, t, _ in option]
     covered = [(a, b) for a, b, _, _ in option]
     for _, b, t, prev in option:
@@ -497,14 +512,23 @@ def render(p: Parsed, option: Option) -> str:
         s = art.idx
         if any(x <= s < y for x, y in covered):
             continue
-        nxt = first_word(t) if t.strip() else first_word(p.text[b:])
-        want = article_for(nxt).upper() if p.text.isupper() else match_case(art.text, article_for(nxt))
-        if want.lower() != art.lower_:
+        want = _agreed(p, art, first_word(t) if t.strip() else first_word(p.text[b:]))
+        if want is not None:
             edits.append((s, s + len(art.text), want))
             covered.append((s, s + len(art.text)))
-    out = apply_edits(p.text, edits)
-    lead = len(p.text) - len(p.text.lstrip())
-    if p.text[lead:lead + 1].isupper() and out[lead:lead + 1].islower():
+    return _keep_lead_case(p, apply_edits(p.text, edits))
+
+
+def _agreed(p: Parsed, art, nxt: str) -> str | None:
+    """The article token ``art`` re-agreed with the word now after it, or None when it already agrees."""
+    want = article_for(nxt).upper() if p.text.isupper() else match_case(art.text, article_for(nxt))
+    return want if want.lower() != art.lower_ else None
+
+
+def _keep_lead_case(p: Parsed, out: str) -> str:
+    """``out`` with its first letter upper-cased where the caption's is (an edit at the start lower-cased it)."""
+    lead = p.lead_upper
+    if lead >= 0 and out[lead:lead + 1].islower():
         out = out[:lead] + out[lead].upper() + out[lead + 1:]
     return out
 
@@ -678,6 +702,8 @@ def _plain_adjectives(p: Parsed) -> list[Slot]:
 def swap_att(p: Parsed) -> list[Choice]:
     out = []
     atts = [s for s in p.attributes if s.head is not None and s.pos != "NUM"] + _plain_adjectives(p)
+    if len(atts) < 2:
+        return out
     atts.sort(key=lambda s: s.start)
     for i, s1 in enumerate(atts):
         for s2 in atts[i + 1:]:
@@ -717,21 +743,37 @@ def add_obj(p: Parsed) -> Choices:
             slots = [s for s in slots if s.end == last]
         else:
             slots = []
+    n = len(p.toks)
     for s in slots:
-        head = p.toks[s.head]
-        # "a cat and a dog is" would break the agreement: a singular subject takes "with" ("a cat with a dog is")
-        joiner = "with" if _singular_agreement(head) and not s.plural else "and"
-        if s.end < len(p.toks) and p.toks[s.end].lower_ in ("and", "or", ",", "of", "that", "which", "who"):
+        if s.end < n and p.lows[s.end] in ("and", "or", ",", "of", "that", "which", "who"):
             continue  # after the last conjunct, never inside "a plate of food" or before "that says ..."
-        own = [g for g in s.groups if lex.objects.groups[g].get("add")]
-        choices = [(own, joiner)] if own else []
-        for key in (s.entry, *sorted(s.groups)):  # places take "with a dog"; people "and a dog"
+        joiner = None
+        for cands, words, join in _add_plan(lex, s.entry, s.groups):
+            if join is None:
+                if joiner is None:  # "a cat and a dog is" would break the agreement: a singular subject takes
+                    # "with" ("a cat with a dog is")
+                    joiner = "with" if not s.plural and _singular_agreement(p.toks[s.head]) else "and"
+                join = joiner
+            out.add(_add_object, (s,), _absent(cands, words, p.present), (join,))
+    return out
+
+
+def _add_plan(lex: Lexicon, entry: str, groups: frozenset[str]
+              ) -> tuple[tuple[tuple[str, ...], frozenset[str], str | None], ...]:
+    """What add_obj may add after an object (entry, groups): (candidates, their set, joiner) per source, the
+    joiner None where the caption's grammar decides it. The object's own groups when they allow additions, else
+    the ``add_with`` rules of its entry and groups (places take "with a dog"; people "and a dog")."""
+    def make() -> tuple[tuple[tuple[str, ...], frozenset[str], str | None], ...]:
+        add_with = lex.objects.extra.get("add_with", {})
+        own = [g for g in groups if lex.objects.groups[g].get("add")]
+        plan = [(own, None)] if own else []
+        for key in (entry, *sorted(groups)):
             rule = add_with.get(key)
             if rule and not own:
-                choices.append((rule["groups"], "with" if rule.get("joiner") == "with" else joiner))
-        for groups, join in choices:
-            out.add(_add_object, (s,), _absent(*_addable_objects(lex, s.entry, tuple(groups)), p.present), (join,))
-    return out
+                plan.append((rule["groups"], "with" if rule.get("joiner") == "with" else None))
+        return tuple((*_addable_objects(lex, entry, tuple(g)), join) for g, join in plan)
+
+    return lex.memo(("add_plan", entry, groups), make)
 
 
 def _addable_objects(lex: Lexicon, entry: str, groups: tuple[str, ...]) -> tuple[tuple[str, ...], frozenset[str]]:
@@ -761,45 +803,58 @@ def _modifier_order(p: Parsed, tok) -> int:
 def add_att(p: Parsed) -> Choices:
     out = Choices()
     att = p.lex.attributes
-    toks = p.toks
     for s in p.objects:
-        head = toks[s.head]
-        # never before the noun's determiner, possessive or number ("the little toilet", not "little the toilet")
-        floor = max([t.i + 1 for t in toks[head.left_edge.i:s.start] if t.dep_ in ("det", "poss", "nummod", "predet")],
-                    default=0)
-        # the modifiers before the noun in order, each with its adjective-order rank and where its phrase starts
-        mods = sorted((c.i, _modifier_order(p, c), c.left_edge.i) for c in head.children
-                      if c.i < s.start and c.dep_ in ("amod", "compound", "nmod"))
         # the attributes between the determiner and the noun, whatever spaCy made their head ("a small pink cross"
         # can parse "small" as a modifier of "pink")
-        have = set()
-        for a in p.attributes:
-            if floor <= a.start < s.start:
-                have |= att.groups_of(a.entry)
+        have: set[str] = set()
+        if p.attributes:
+            floor = _floor(p, s)
+            for a in p.attributes:
+                if floor <= a.start < s.start:
+                    have |= att.groups_of(a.entry)
         have_rank = {ORDER[g] for g in have if g in ORDER}  # one colour (size, material ...) per noun
-        for g in _addable_groups(p.lex, s.groups, frozenset(have), frozenset(have_rank)):
-            rank = ORDER.get(g, 2)
-            pos = next((edge for _, order, edge in mods if order > rank), s.start)
-            pos = max(min(pos, s.start), floor)
-            # a few draws per (noun, group), each a distinct member picked when built: listing every member of
-            # every group for every noun would cost more than all the rest of the rules
-            out.add(_insert_attribute, (pos, g), range(min(ADD_ATT_DRAWS, len(att.groups[g]["members"]))))
+        # one run per noun: (group, draw) pairs, placed when built; a few draws per group, each a distinct member
+        # picked when built (listing every member of every group for every noun would cost more than the rest)
+        out.add(_add_attribute, (s,), _addable_draws(p.lex, s.groups, frozenset(have), frozenset(have_rank)))
     return out
+
+
+def _floor(p: Parsed, s: Slot) -> int:
+    """The first token an attribute may go before: never before the noun's determiner, possessive or number ("the
+    little toilet", not "little the toilet")."""
+    toks = p.toks
+    before = toks[toks[s.head].left_edge.i:s.start]
+    return max([t.i + 1 for t in before if t.dep_ in ("det", "poss", "nummod", "predet")], default=0)
 
 
 ADD_ATT_DRAWS = 3
 
 
-def _addable_groups(lex: Lexicon, obj_groups: frozenset[str], have: frozenset[str], have_rank: frozenset[int]
-                    ) -> list[str]:
-    """The attribute groups add_att may add to an object of ``obj_groups`` that already has the ``have`` groups."""
-    def make() -> list[str]:
-        return sorted(
+def _addable_draws(lex: Lexicon, obj_groups: frozenset[str], have: frozenset[str], have_rank: frozenset[int]
+                   ) -> tuple[tuple[str, int], ...]:
+    """(group, draw) for each attribute group add_att may add to an object of ``obj_groups`` that already has the
+    ``have`` groups, in group order, ``ADD_ATT_DRAWS`` draws each (fewer for smaller groups)."""
+    def make() -> tuple[tuple[str, int], ...]:
+        groups = sorted(
             g for g, meta in lex.attributes.groups.items() if meta.get("add") and g not in NO_ADD_GROUPS
             and g not in have and ORDER.get(g) not in have_rank
             and ("*" in meta.get("applies_to", []) or obj_groups & set(meta.get("applies_to", []))))
+        sizes = {g: len(lex.attributes.groups[g]["members"]) for g in groups}
+        return tuple((g, j) for g in groups for j in range(min(ADD_ATT_DRAWS, sizes[g])))
 
-    return lex.memo(("addable_groups", obj_groups, have, have_rank), make)
+    return lex.memo(("addable_draws", obj_groups, have, have_rank), make)
+
+
+def _add_attribute(p: Parsed, s: Slot, draw: tuple[str, int]) -> Option | None:
+    """Insert a member of the draw's group before the object ``s``: after its determiner (_floor) and before the
+    first of its modifiers that comes later in English adjective order."""
+    group, j = draw
+    rank = ORDER.get(group, 2)
+    # the modifiers before the noun in order, each with its adjective-order rank and where its phrase starts
+    mods = sorted((c.i, _modifier_order(p, c), c.left_edge.i) for c in p.toks[s.head].children
+                  if c.i < s.start and c.dep_ in ("amod", "compound", "nmod"))
+    pos = next((edge for _, order, edge in mods if order > rank), s.start)
+    return _insert_attribute(p, max(min(pos, s.start), _floor(p, s)), group, j)
 
 
 def _blocked_attributes(p: Parsed) -> set[str]:
@@ -808,9 +863,8 @@ def _blocked_attributes(p: Parsed) -> set[str]:
     if p.blocked is None:
         att = p.lex.attributes
         p.blocked = set(p.present)
-        for w in p.present:
-            if w in att:
-                p.blocked |= att.related_members(w)
+        for w in att.entries & p.present:
+            p.blocked |= att.related_members(w)
     return p.blocked
 
 

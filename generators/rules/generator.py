@@ -28,9 +28,8 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
-from itertools import islice
 from typing import Any
 
 import numpy as np
@@ -42,7 +41,6 @@ from clipneg.text.order import ADJ_TAGS, NOUN_TAGS, PERTURBATIONS, TRIGRAM_KINDS
 
 from ..base import StageStats, config_hash, mix64, seeded_order, stable_seed
 from .edits import EDIT_KINDS, SWAP_KINDS, build, parse
-from .grammar import bag_of_words, words
 from .lexicon import Lexicon, load_lexicon
 from .paraphrase import converse_map, restate
 from .wordnet import WordNet
@@ -56,6 +54,25 @@ ALL_KINDS: tuple[str, ...] = (*EDIT_KINDS, *PERTURBATIONS)
 SUGARCREPE_KINDS = ("replace_obj", "replace_att", "replace_rel", "swap_obj", "swap_att", "add_obj", "add_att")
 _LETTER = re.compile(r"[^\W\d_]", re.UNICODE)
 _KIND_SALT = {k: stable_seed(k) for k in EDIT_KINDS}  # a kind's draws: mix64(caption's seed ^ its salt)
+_WORD = re.compile(r"[\w'-]+", re.UNICODE)
+
+
+# bytes.translate table: every ASCII byte that is not a word character of grammar.words ([\w'-]) -> a space
+_ASCII_SPLIT = bytes(c if chr(c).isalnum() or chr(c) in "_'-" else 32 for c in range(128)) + b" " * 128
+
+
+def _word_key(text: str) -> list[bytes]:
+    """The lowercase words of a text (grammar.words), for the "equals positive" check: a negative with the
+    positive's words in the positive's order says the same. ASCII text (nearly every caption) is split as bytes by
+    ``bytes.translate``, the regex's words at a quarter of its cost; other text goes through the regex."""
+    if text.isascii():
+        return text.encode().lower().translate(_ASCII_SPLIT).split()
+    return [w.encode() for w in _WORD.findall(text.lower())]  # bytes too: keys of both paths compare
+
+
+def _bag_key(text: str) -> list[bytes]:
+    """grammar.bag_of_words as a sorted list (equal lists, equal bags; cheaper than a Counter): a and an as one."""
+    return sorted([b"a" if w == b"an" else w for w in _word_key(text)])
 
 
 @dataclass(frozen=True)
@@ -162,7 +179,8 @@ class RuleGenerator:
                 todo.append(i)
             else:
                 self.stats.extra[f"skipped: {why}"] += 1
-        docs = self.nlp.pipe([chunk[i].caption for i in todo], batch_size=self.config.batch_size)
+        # the whole chunk is parsed before any rule runs: interleaving the two made the parse itself slower
+        docs = list(self.nlp.pipe([chunk[i].caption for i in todo], batch_size=self.config.batch_size))
         made = {}
         for i, doc in zip(todo, docs, strict=True):
             made[i] = self.negatives(chunk[i].caption, doc, {n.text for n in chunk[i].neg_texts})
@@ -212,6 +230,7 @@ class RuleGenerator:
             self.stats.extra["errors"] += 1
             return []
         seen = set(existing) | {caption}
+        p.words = _word_key(caption)
         out: list[NegText] = []
         base_seed = stable_seed(caption, self.config.seed)  # one hash per caption; each kind mixes in its salt
         for kind in self.config.kinds:
@@ -223,60 +242,61 @@ class RuleGenerator:
         return out
 
     def _kind(self, kind: str, caption: str, doc, p, seen: set[str], base_seed: int) -> list[NegText]:
-        cfg = self.config
         if kind in PERTURBATIONS:
-            if kind in TRIGRAM_KINDS:  # NLTK tokens, as the official code; tags are not used by these kinds
-                if p.nltk_tokens is None:
-                    p.nltk_tokens = nltk_tokenize(caption)
-                tagged = [(t, "") for t in p.nltk_tokens]
-            else:
-                tagged = [(t.text, t.tag_) for t in p.toks]
-            if not _can_move(tagged, kind):
-                self.stats.reject(kind, FILTER, "no candidate")
-                return []
-            plain = " ".join(t for t, _ in tagged)
-            options = range(cfg.k * cfg.tries_per_negative)
-            seed = stable_seed(caption, kind, cfg.seed)
+            return self._perturbation(kind, caption, p, seen)
+        opts = EDIT_KINDS[kind](p)
+        n = len(opts)
+        if not n:
+            self.stats.reject(kind, FILTER, "no candidate")
+            return []
+        # the choices in a seeded random order, drawn only as far as the checks below need
+        order = seeded_order(mix64(base_seed ^ _KIND_SALT[kind]), n, self.config.k * self.config.tries_per_negative)
+        return self._keep(kind, caption, p, seen, order, lambda j: build(p, opts[j]),
+                          (lambda j: build(p, opts[j], mirror=False)) if p.corefs else None)
 
-            def make(j: int) -> str:
-                return perturb(tagged, kind, np.random.default_rng([seed, j]))
+    def _perturbation(self, kind: str, caption: str, p, seen: set[str]) -> list[NegText]:
+        cfg = self.config
+        if kind in TRIGRAM_KINDS:  # NLTK tokens, as the official code; tags are not used by these kinds
+            if p.nltk_tokens is None:
+                p.nltk_tokens = nltk_tokenize(caption)
+            tagged = [(t, "") for t in p.nltk_tokens]
         else:
-            opts = EDIT_KINDS[kind](p)
-            if not opts:
-                self.stats.reject(kind, FILTER, "no candidate")
-                return []
-            # the choices in a seeded random order, drawn only as far as the checks below need
-            order = seeded_order(mix64(base_seed ^ _KIND_SALT[kind]), len(opts))
-            options = (opts[j] for j in islice(order, cfg.k * cfg.tries_per_negative))
-            plain = None
+            tagged = [(t.text, t.tag_) for t in p.toks]
+        if not _can_move(tagged, kind):
+            self.stats.reject(kind, FILTER, "no candidate")
+            return []
+        seed = stable_seed(caption, kind, cfg.seed)
+        return self._keep(kind, caption, p, seen, range(cfg.k * cfg.tries_per_negative),
+                          lambda j: perturb(tagged, kind, np.random.default_rng([seed, j])), None,
+                          plain=" ".join(t for t, _ in tagged))
 
-            def make(choice) -> str:
-                return build(p, choice)
-
+    def _keep(self, kind: str, caption: str, p, seen: set[str], options: Iterable, make: Callable[[Any], str | None],
+              unmirrored: Callable[[Any], str | None] | None, plain: str | None = None) -> list[NegText]:
+        """The first k texts ``make`` gives for ``options`` that pass the checks, each rejection counted."""
+        k, seed, stats = self.config.k, self.config.seed, self.stats
+        swap = kind in SWAP_KINDS
+        if swap and p.bag is None:
+            p.bag = _bag_key(caption)
         kept: list[NegText] = []
-        if kind in SWAP_KINDS and p.bag is None:
-            p.bag = bag_of_words(caption)
-        if p.words is None:
-            p.words = words(caption)
         for opt in options:
             text = make(opt)
             if text is None:
                 continue
-            self.stats.produced[kind] += 1
-            if text == caption or text == plain or words(text) == p.words:
-                self.stats.reject(kind, FILTER, "equals positive")
+            stats.produced[kind] += 1
+            if text == caption or text == plain or _word_key(text) == p.words:
+                stats.reject(kind, FILTER, "equals positive")
                 continue
             if text in seen:
-                self.stats.reject(kind, FILTER, "duplicate")
+                stats.reject(kind, FILTER, "duplicate")
                 continue
             # a swap keeps the bag of words; a repeat of a swapped noun phrase follows it ("the white arrow"), so
             # the bag is checked before the repeats are mirrored
-            if kind in SWAP_KINDS and bag_of_words(build(p, opt, mirror=False) if p.corefs else text) != p.bag:
-                self.stats.reject(kind, FILTER, "bag changed")
+            if swap and _bag_key(unmirrored(opt) if unmirrored else text) != p.bag:
+                stats.reject(kind, FILTER, "bag changed")
                 continue
             seen.add(text)
-            kept.append(NegText(text=text, kind=kind, gen=GEN, seed=cfg.seed))
-            self.stats.kept[kind] += 1
-            if len(kept) == cfg.k:
+            kept.append(NegText(text=text, kind=kind, gen=GEN, seed=seed))
+            stats.kept[kind] += 1
+            if len(kept) == k:
                 break
         return kept

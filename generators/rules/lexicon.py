@@ -96,6 +96,9 @@ class Section:
                 ids |= self._word_groups.get(syn, set())
             if ids:
                 self._word_groups[w] = self._word_groups.get(w, set()) | ids
+        # every listed word and phrase, as a set view: ``w in entries`` and ``entries & other`` run at C speed,
+        # where ``w in section`` is a Python call (the slot finders ask once or twice per token)
+        self.entries = self._word_groups.keys()
         self.max_words = max((len(w.split()) for w in self._word_groups), default=1)
         self.first_words = frozenset(w.split(" ")[0] for w in self._word_groups if " " in w)  # of phrases
         self._cand_cache: dict[tuple[str, frozenset[str]], tuple[str, ...]] = {}
