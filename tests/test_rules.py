@@ -497,7 +497,8 @@ def test_the_generators_word_and_bag_keys_agree_with_words_and_bag_of_words():
     grammar.words and grammar.bag_of_words do, on random text over ASCII, accents, emoji and a Kelvin sign."""
     import random
 
-    from clipneg.generators.rules.generator import _bag_key, _word_key
+    from clipneg.generators.rules.grammar import bag_key as _bag_key
+    from clipneg.generators.rules.grammar import word_key as _word_key
 
     rng = random.Random(0)
     alphabet = [chr(c) for c in range(32, 127)] + list("aan  éÉß🙂Σ\u212a") * 3

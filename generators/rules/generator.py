@@ -41,6 +41,7 @@ from clipneg.text.order import ADJ_TAGS, NOUN_TAGS, PERTURBATIONS, TRIGRAM_KINDS
 
 from ..base import StageStats, config_hash, mix64, seeded_order, stable_seed
 from .edits import EDIT_KINDS, SWAP_KINDS, build, parse
+from .grammar import bag_key, word_key
 from .lexicon import Lexicon, load_lexicon
 from .paraphrase import converse_map, restate
 from .wordnet import WordNet
@@ -54,27 +55,6 @@ ALL_KINDS: tuple[str, ...] = (*EDIT_KINDS, *PERTURBATIONS)
 SUGARCREPE_KINDS = ("replace_obj", "replace_att", "replace_rel", "swap_obj", "swap_att", "add_obj", "add_att")
 _LETTER = re.compile(r"[^\W\d_]", re.UNICODE)
 _KIND_SALT = {k: stable_seed(k) for k in EDIT_KINDS}  # a kind's draws: mix64(caption's seed ^ its salt)
-_WORD = re.compile(r"[\w'-]+", re.UNICODE)
-
-
-# bytes.translate table: every ASCII byte that is not a word character of grammar.words ([\w'-]) -> a space
-_ASCII_SPLIT = bytes(c if chr(c).isalnum() or chr(c) in "_'-" else 32 for c in range(128)) + b" " * 128
-
-
-def _word_key(text: str) -> list[bytes]:
-    """The lowercase words of a text (grammar.words), for the "equals positive" check: a negative with the
-    positive's words in the positive's order says the same. ASCII text (nearly every caption) is split as bytes by
-    ``bytes.translate``, the regex's words at a quarter of its cost; other text goes through the regex."""
-    if text.isascii():
-        return text.encode().lower().translate(_ASCII_SPLIT).split()
-    return [w.encode() for w in _WORD.findall(text.lower())]  # bytes too: keys of both paths compare
-
-
-def _bag_key(text: str) -> list[bytes]:
-    """grammar.bag_of_words as a sorted list (equal lists, equal bags; cheaper than a Counter): a and an as one."""
-    return sorted([b"a" if w == b"an" else w for w in _word_key(text)])
-
-
 @dataclass(frozen=True)
 class RuleConfig:
     """kinds: which negatives to make (default SugarCrepe's seven); k: at most this many per kind and caption;
@@ -230,7 +210,7 @@ class RuleGenerator:
             self.stats.extra["errors"] += 1
             return []
         seen = set(existing) | {caption}
-        p.words = _word_key(caption)
+        p.words = word_key(caption)
         out: list[NegText] = []
         base_seed = stable_seed(caption, self.config.seed)  # one hash per caption; each kind mixes in its salt
         for kind in self.config.kinds:
@@ -276,14 +256,14 @@ class RuleGenerator:
         k, seed, stats = self.config.k, self.config.seed, self.stats
         swap = kind in SWAP_KINDS
         if swap and p.bag is None:
-            p.bag = _bag_key(caption)
+            p.bag = bag_key(caption)
         kept: list[NegText] = []
         for opt in options:
             text = make(opt)
             if text is None:
                 continue
             stats.produced[kind] += 1
-            if text == caption or text == plain or _word_key(text) == p.words:
+            if text == caption or text == plain or word_key(text) == p.words:
                 stats.reject(kind, FILTER, "equals positive")
                 continue
             if text in seen:
@@ -291,7 +271,7 @@ class RuleGenerator:
                 continue
             # a swap keeps the bag of words; a repeat of a swapped noun phrase follows it ("the white arrow"), so
             # the bag is checked before the repeats are mirrored
-            if swap and _bag_key(unmirrored(opt) if unmirrored else text) != p.bag:
+            if swap and bag_key(unmirrored(opt) if unmirrored else text) != p.bag:
                 stats.reject(kind, FILTER, "bag changed")
                 continue
             seen.add(text)

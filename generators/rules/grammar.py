@@ -109,3 +109,21 @@ def bag_of_words(text: str) -> Counter:
 
 def words(text: str) -> list[str]:
     return [w.lower() for w in _WORD.findall(text)]
+
+
+# bytes.translate table: every ASCII byte that is not a word character of grammar.words ([\w'-]) -> a space
+_ASCII_SPLIT = bytes(c if chr(c).isalnum() or chr(c) in "_'-" else 32 for c in range(128)) + b" " * 128
+
+
+def word_key(text: str) -> list[bytes]:
+    """The lowercase words of a text (grammar.words), for the "equals positive" check: a negative with the
+    positive's words in the positive's order says the same. ASCII text (nearly every caption) is split as bytes by
+    ``bytes.translate``, the regex's words at a quarter of its cost; other text goes through the regex."""
+    if text.isascii():
+        return text.encode().lower().translate(_ASCII_SPLIT).split()
+    return [w.encode() for w in _WORD.findall(text.lower())]  # bytes too: keys of both paths compare
+
+
+def bag_key(text: str) -> list[bytes]:
+    """grammar.bag_of_words as a sorted list (equal lists, equal bags; cheaper than a Counter): a and an as one."""
+    return sorted([b"a" if w == b"an" else w for w in word_key(text)])
